@@ -1,0 +1,141 @@
+"""The promptable-segmentation backbone interface shared by SAM, MobileSAM and EfficientSAM.
+
+Every PerSAM algorithm and every pipeline talks to a backbone only through :class:`Backbone`:
+one image-encoder pass per image (:meth:`Backbone.set_image`), then any number of decoder calls
+(:meth:`Backbone.decode`, batched over prompt sets) whose low-resolution logits are brought back to
+the original image with :meth:`Backbone.postprocess`. Each backbone keeps its own geometry
+(SAM: longest side resized to 1024 and bottom-right zero padding; EfficientSAM: anisotropic
+stretch to 1024x1024), so algorithms never need to know which one they run on.
+
+Conventions: images are ``uint8`` RGB arrays of shape ``[H, W, 3]``; points are ``(x, y)`` =
+(column, row) in pixels of the original image; boxes are ``XYXY`` in original pixels; point labels
+are 1 (foreground) and 0 (background).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class DecoderOutput:
+    """One batched decoder call.
+
+    Attributes:
+        low_res_logits: ``[B, C, 256, 256]`` float32 mask logits on the backbone's low-res frame.
+        iou_predictions: ``[B, C]`` float32 predicted mask quality.
+    """
+
+    low_res_logits: torch.Tensor
+    iou_predictions: torch.Tensor
+
+
+class Backbone(ABC):
+    """A promptable segmentation model bound to at most one image at a time.
+
+    Attributes:
+        name: registry name of the model (``"sam_vit_b"``, ``"efficient_sam_vit_t"``, ...).
+        model: the underlying ``nn.Module`` (frozen, eval mode).
+        checkpoint_id: identity of the loaded weights (sha256 of the checkpoint file, or a
+            description such as ``"random"``), stored in concept files.
+    """
+
+    name: str
+    model: nn.Module
+    checkpoint_id: str
+
+    # ------------------------------------------------------------------ image
+    @abstractmethod
+    def set_image(self, image: np.ndarray) -> None:
+        """Runs the image encoder once on ``image`` (``uint8 [H, W, 3]`` RGB) and keeps the result."""
+
+    @property
+    @abstractmethod
+    def features(self) -> torch.Tensor:
+        """Image embedding of the current image, ``[1, C, h, w]`` float32 (``h = w = 64``)."""
+
+    @property
+    @abstractmethod
+    def original_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the current image."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- decoder
+    @abstractmethod
+    def decode(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        attn_sim: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Runs the prompt encoder and mask decoder on the current image for ``B`` prompt sets.
+
+        Args:
+            point_coords: ``[B, N, 2]`` (x, y) in original-image pixels, or None.
+            point_labels: ``[B, N]`` labels (1 foreground, 0 background), or None.
+            boxes: ``[B, 4]`` XYXY in original-image pixels, or None.
+            mask_input: ``[B, 1, 256, 256]`` low-res logits from an earlier call, or None.
+            multimask_output: True returns the 3 multimask outputs (C = 3), False the single
+                mask (C = 1).
+            attn_sim: ``[B or 1, 1, 1, h*w]`` PerSAM target-guided attention bias, added to the
+                token-to-image attention probabilities of every two-way block, or None.
+            target_embedding: ``[B or 1, 1, C_emb]`` PerSAM target-semantic prompt, added to the
+                decoder tokens, or None.
+        """
+
+    @abstractmethod
+    def postprocess(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Brings ``[B, C, 256, 256]`` low-res logits (or any map on that frame) to ``[B, C, H, W]``
+        at the original image size, exactly as the backbone's official mask post-processing does."""
+
+    @abstractmethod
+    def mask_to_embedding_grid(self, mask: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
+        """Resamples a float map ``[H, W]`` on the original image onto the embedding grid ``[h, w]``
+        with the same geometry the image goes through (resize, padding with ``pad_value``, then
+        bilinear down-sampling, align_corners=False, no antialias)."""
+
+    # --------------------------------------------------------------- helpers
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+        multimask_output: bool = True,
+        attn_sim: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+        """Single-prompt-set convenience call mirroring the official predictor.
+
+        Returns ``(masks [C, H, W] bool, scores [C], low_res_logits [C, 256, 256],
+        high_res_logits [C, H, W] torch float32)``.
+        """
+        dev = self.device
+        pc = pl = bx = mi = None
+        if point_coords is not None:
+            pc = torch.as_tensor(np.asarray(point_coords), dtype=torch.float32, device=dev)[None]
+            pl = torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev)[None]
+        if box is not None:
+            bx = torch.as_tensor(np.asarray(box), dtype=torch.float32, device=dev).reshape(1, 4)
+        if mask_input is not None:
+            mi = torch.as_tensor(mask_input, dtype=torch.float32, device=dev).reshape(1, 1, 256, 256)
+        out = self.decode(pc, pl, bx, mi, multimask_output, attn_sim, target_embedding)
+        high = self.postprocess(out.low_res_logits)[0]
+        return (
+            (high > 0).cpu().numpy(),
+            out.iou_predictions[0].float().cpu().numpy(),
+            out.low_res_logits[0].float().cpu().numpy(),
+            high,
+        )

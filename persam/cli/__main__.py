@@ -1,0 +1,5 @@
+import sys
+
+from persam.cli import main
+
+sys.exit(main())

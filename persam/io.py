@@ -1,0 +1,210 @@
+"""Reading images and masks the way users hand them to us, and writing files atomically.
+
+Images of any common kind (grayscale, RGBA, palette, 16-bit, EXIF-rotated JPEGs) become
+``uint8 [H, W, 3]`` RGB arrays; masks (bool / 0-1 / 0-255 arrays, binary PNGs, palette PNGs,
+RGB-coloured PNGs) become boolean or integer label maps. Every failure is an :class:`InputError`
+whose message names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+PathLike = str | os.PathLike
+
+
+class InputError(ValueError):
+    """Bad user input (unreadable file, wrong size, empty mask, ...). The message is one line."""
+
+
+def _open(path: PathLike) -> Image.Image:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected an image file")
+    try:
+        im = Image.open(p)
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{p}: cannot read image ({type(e).__name__}: {e})") from None
+    return im
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Scales 16-bit / float arrays to uint8 (full range), leaves uint8 alone."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.integer):
+        maxval = 65535 if a.max(initial=0) > 255 else 255
+        return np.clip(np.round(a.astype(np.float64) * (255.0 / maxval)), 0, 255).astype(np.uint8)
+    a = a.astype(np.float64)
+    if a.max(initial=0.0) <= 1.0:
+        a = a * 255.0
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def image_to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Converts an array image (``[H, W]``, ``[H, W, 1|3|4]``, any numeric dtype) to ``uint8 [H, W, 3]``."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise InputError(f"{name}: expected an image of shape [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{name}: image is empty ({a.shape[0]}x{a.shape[1]})")
+    a = _to_uint8(a)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[:, :, :3]
+    return np.ascontiguousarray(a)
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Reads an image file as ``uint8 [H, W, 3]`` RGB, applying its EXIF orientation."""
+    im = _open(path)
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        pass
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return image_to_rgb(np.asarray(im).astype(np.int64), str(path))
+    if im.mode == "F":
+        return image_to_rgb(np.asarray(im), str(path))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent pixels over white, as viewers show them.
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+
+
+def as_image(image: PathLike | np.ndarray, name: str | None = None) -> np.ndarray:
+    """An image given as a path or an array, as ``uint8 [H, W, 3]`` RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    return image_to_rgb(np.asarray(image), name or "image")
+
+
+def load_label_map(path: PathLike) -> np.ndarray:
+    """Reads a label PNG: palette indices for indexed PNGs, else the gray/first channel values.
+
+    Returns an integer array ``[H, W]`` (uint8 or uint16).
+    """
+    im = _open(path)
+    if im.mode == "P":
+        return np.asarray(im).copy()
+    a = np.asarray(im)
+    if a.ndim == 3:
+        if a.shape[2] == 4:
+            a = a[:, :, :3]
+        if a.shape[2] >= 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+            # A colour-coded label image: each distinct colour (black = background) is one object.
+            flat = a.reshape(-1, a.shape[2])
+            colours, inv = np.unique(flat, axis=0, return_inverse=True)
+            order = np.argsort([tuple(c) != (0,) * a.shape[2] for c in colours], kind="stable")
+            remap = np.empty(len(colours), np.int64)
+            remap[order] = np.arange(len(colours))
+            bg = np.all(colours == 0, axis=1)
+            labels = remap[inv.reshape(-1)] + (0 if bg.any() else 1)
+            return labels.reshape(a.shape[:2]).astype(np.uint16 if labels.max() > 255 else np.uint8)
+        a = a[..., 0]
+    return np.asarray(a).copy()
+
+
+def mask_to_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    """A binary mask from bool / 0-1 / 0-255 / label / RGB arrays: everything non-zero is foreground."""
+    a = np.asarray(mask)
+    if a.ndim == 3:
+        if a.shape[2] in (3, 4):
+            a = a[:, :, :3].max(axis=2) if a.dtype != bool else a[:, :, :3].any(axis=2)
+        elif a.shape[2] == 1:
+            a = a[:, :, 0]
+        else:
+            raise InputError(f"{name}: expected a mask of shape [H, W] or [H, W, 3], got {a.shape}")
+    if a.ndim != 2:
+        raise InputError(f"{name}: expected a mask of shape [H, W], got {a.shape}")
+    return a.astype(bool) if a.dtype != bool else a.copy()
+
+
+def load_mask(path: PathLike) -> np.ndarray:
+    """Reads a mask file as a boolean ``[H, W]`` array (every non-background pixel is foreground)."""
+    return load_label_map(path) > 0
+
+
+def as_mask(mask: PathLike | np.ndarray, name: str | None = None) -> np.ndarray:
+    """A mask given as a path or an array, as a boolean ``[H, W]`` array."""
+    if isinstance(mask, (str, os.PathLike)):
+        return load_mask(mask)
+    return mask_to_bool(mask, name or "mask")
+
+
+def list_images(targets: list[PathLike] | PathLike) -> list[Path]:
+    """Expands files, folders (non-recursive, sorted) and glob patterns into a list of image paths."""
+    import glob
+
+    if isinstance(targets, (str, os.PathLike)):
+        targets = [targets]
+    out: list[Path] = []
+    for t in targets:
+        p = Path(t)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+        elif p.exists():
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(str(t)))
+            if not matches:
+                raise InputError(f"{t}: no such file, folder or glob match")
+            out.extend(Path(m) for m in matches if Path(m).is_file())
+    return out
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed.
+
+    A crash or interrupt therefore never leaves a half-written file at ``path``.
+    """
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part" + dst.suffix, dir=dst.parent)
+    os.close(fd)
+    tmp_p = Path(tmp)
+    try:
+        yield tmp_p
+        os.replace(tmp_p, dst)
+    except BaseException:
+        tmp_p.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_png(path: PathLike, array: np.ndarray, palette: list[int] | None = None) -> None:
+    """Writes a lossless PNG atomically; with ``palette`` the array is stored as indexed colour."""
+    a = np.ascontiguousarray(array)
+    if palette is not None:
+        if a.ndim != 2 or a.dtype != np.uint8:
+            raise ValueError(f"an indexed PNG needs a uint8 [H, W] label map, got {a.dtype} {a.shape}")
+        im = Image.frombytes("P", (a.shape[1], a.shape[0]), a.tobytes())
+        im.putpalette(palette)
+    else:
+        im = Image.fromarray(a)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
