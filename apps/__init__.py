@@ -1,0 +1,1 @@
+"""The persam Gradio web demo (run with `python -m apps.demo`)."""

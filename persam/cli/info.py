@@ -1,0 +1,86 @@
+"""``persam info``: versions, compute devices, available models and cached checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Mapping
+from types import ModuleType
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show versions, devices, models and cached checkpoints",
+        description="Print the persam, Python and torch versions, the usable compute devices, the "
+        "model registry and which official checkpoints are in the local cache.",
+    )
+    parser.set_defaults(func=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    import persam
+
+    print(f"persam   {persam.__version__}")
+    print(f"python   {platform.python_version()} ({platform.python_implementation()}, {platform.system()})")
+    print(f"torch    {torch.__version__}")
+    print("devices")
+    for line in _device_lines(torch):
+        print(f"  {line}")
+    print(f"models   {_models_line()}")
+    for line in _weights_lines():
+        print(line)
+    return 0
+
+
+def _device_lines(torch: ModuleType) -> list[str]:
+    lines = [f"cpu      {torch.get_num_threads()} threads"]
+    if torch.cuda.is_available():
+        bf16 = "yes" if torch.cuda.is_bf16_supported() else "no"
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gib = props.total_memory / 2**30
+            lines.append(f"cuda:{i}   {props.name}, {gib:.0f} GiB, bf16 {bf16}")
+    else:
+        lines.append(f"cuda     not available{_cuda_hint(torch)}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        lines.append("mps      available")
+    elif platform.system() == "Darwin":
+        lines.append("mps      not available")
+    return lines
+
+
+def _cuda_hint(torch: ModuleType) -> str:
+    # A CPU-only wheel cannot see a GPU no matter what the machine has.
+    return " (CPU-only torch build)" if torch.version.cuda is None else ""
+
+
+def _models_line() -> str:
+    try:
+        from persam.models.build import list_models
+
+        models = list_models()
+    except Exception as e:  # a diagnostic command reports problems rather than failing on them
+        return f"unavailable ({type(e).__name__}: {e})"
+    names = list(models.keys() if isinstance(models, Mapping) else models)
+    return ", ".join(str(n) for n in names) if names else "(none registered)"
+
+
+def _weights_lines() -> list[str]:
+    try:
+        from persam import weights
+
+        folder = weights.checkpoints_dir()
+        rows = [(name, weights.cached_path(name)) for name in weights.checkpoint_names()]
+    except Exception as e:
+        return [f"weights  unavailable ({type(e).__name__}: {e})"]
+    lines = [f"weights  {folder}"]
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, path in rows:
+        lines.append(f"  {name.ljust(width)}  {'cached' if path else 'not cached'}")
+    n = sum(path is not None for _, path in rows)
+    lines.append(f"  {n} of {len(rows)} official checkpoints cached (download: persam weights download NAME)")
+    return lines
