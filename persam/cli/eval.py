@@ -1,0 +1,151 @@
+"""``persam eval``: score predictions on the PerSeg and DAVIS 2017 benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from persam.cli._common import fail, one_line
+
+_PROG = "persam eval"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score predictions on PerSeg (mIoU, mAcc, bIoU) or DAVIS 2017 (J&F)",
+        description="Evaluate segmentation results against benchmark annotations.",
+    )
+    sub = parser.add_subparsers(dest="eval_command", metavar="BENCHMARK")
+
+    p = sub.add_parser(
+        "perseg",
+        help="PerSeg mIoU / mAcc / Boundary IoU",
+        description="Score PerSeg predictions (<PRED>/<concept>/NN.png, as 'persam segment --save perseg' "
+        "writes them) against the annotations; the reference image of every concept is excluded.",
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, metavar="ROOT", help="PerSeg root or its Annotations folder"
+    )
+    p.add_argument("--pred", required=True, type=Path, metavar="PRED", help="prediction folder")
+    p.add_argument("--ref-idx", default="00", metavar="NN", help="stem of the reference image (default 00)")
+    p.add_argument(
+        "--csv", type=Path, default=None, metavar="FILE", help="also write per-concept results to FILE"
+    )
+    p.add_argument(
+        "--missing-concepts",
+        choices=("error", "zero"),
+        default="error",
+        help="a concept without prediction folder is an error (default) or scores 0",
+    )
+    p.add_argument(
+        "--official-output",
+        action="store_true",
+        help="print exactly what the reference eval_miou.py prints (after its Args line)",
+    )
+    p.set_defaults(func=_perseg)
+
+    p = sub.add_parser(
+        "davis",
+        help="DAVIS 2017 semi-supervised J / F / J&F",
+        description="Score semi-supervised DAVIS 2017 results (<RES>/<sequence>/NNNNN.png, indexed PNGs) "
+        "and write global_results-<set>.csv and per-sequence_results-<set>.csv.",
+    )
+    p.add_argument("--davis-root", required=True, type=Path, metavar="DAVIS", help="DAVIS 2017 root folder")
+    p.add_argument("--results", required=True, type=Path, metavar="RES", help="results folder")
+    p.add_argument("--set", default="val", dest="gt_set", metavar="SET", help="sequence list (default val)")
+    p.add_argument(
+        "--sequences", nargs="+", default=None, metavar="SEQ", help="evaluate only these sequences"
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=None, metavar="N", help="processes (default: all CPUs)"
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the CSVs go (default: the results folder)",
+    )
+    p.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="also write global_results.csv, per-sequence_results.csv and per-object_statistics.csv "
+        "with full float precision",
+    )
+    p.set_defaults(func=_davis)
+
+    parser.set_defaults(func=lambda args: _help(parser))
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        print(f"{_PROG}: warning: {one_line(w.message)}", file=sys.stderr)
+
+
+def _perseg(args: argparse.Namespace) -> int:
+    from persam.evaluation.perseg import evaluate_perseg, format_official, format_table, write_csv
+    from persam.io import InputError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate_perseg(
+                args.data, args.pred, args.ref_idx, missing_concepts=args.missing_concepts
+            )
+        _report_warnings(caught)
+        if args.official_output:
+            print(format_official(result), end="")
+        else:
+            print(format_table(result))
+        if args.csv is not None:
+            write_csv(result, args.csv)
+            print(f"Per-concept results saved in {args.csv}")
+    except (InputError, OSError) as e:
+        return fail(_PROG, str(e))
+    return 0
+
+
+def _davis(args: argparse.Namespace) -> int:
+    from persam.evaluation.davis import (
+        evaluate_davis,
+        format_tables,
+        save_full_precision_csvs,
+        save_official_csvs,
+    )
+    from persam.io import InputError
+
+    try:
+        result = evaluate_davis(
+            args.davis_root, args.results, gt_set=args.gt_set, workers=args.workers, sequences=args.sequences
+        )
+        out_dir = args.output_dir if args.output_dir is not None else args.results
+        written = save_official_csvs(result, out_dir)
+        if args.full_precision:
+            written += save_full_precision_csvs(result, out_dir)
+    except (InputError, OSError) as e:
+        return fail(_PROG, str(e))
+    if math.isnan(result.global_results["J&F-Mean"]):
+        print(f"{_PROG}: warning: no sequence has objects; every global number is NaN", file=sys.stderr)
+    for path in written:
+        print(f"Results saved in {path}")
+    print(format_tables(result))
+    return 0
