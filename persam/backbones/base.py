@@ -107,6 +107,11 @@ class Backbone(ABC):
         bilinear down-sampling, align_corners=False, no antialias)."""
 
     # --------------------------------------------------------------- helpers
+    def binarize(self, logits: torch.Tensor) -> torch.Tensor:
+        """Boolean masks from original-size logits with the backbone's threshold rule (SAM:
+        ``logits > 0``; a backbone with another convention overrides this)."""
+        return logits > 0.0
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -134,7 +139,7 @@ class Backbone(ABC):
         out = self.decode(pc, pl, bx, mi, multimask_output, attn_sim, target_embedding)
         high = self.postprocess(out.low_res_logits)[0]
         return (
-            (high > 0).cpu().numpy(),
+            self.binarize(high).cpu().numpy(),
             out.iou_predictions[0].float().cpu().numpy(),
             out.low_res_logits[0].float().cpu().numpy(),
             high,
