@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import http.client
 import io
+import json
 import os
 import pickle
 import re
@@ -218,6 +219,38 @@ def file_sha256(path: PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_identity(path: PathLike) -> str:
+    """sha256 of a checkpoint file, remembered across runs.
+
+    Hashing ViT-H (2.4 GiB) takes seconds, and concept files only need the identity of the weights,
+    so the digest is kept in ``<cache>/hashes.json`` keyed by the file's absolute path, size and
+    modification time; a file that changes in any of these is hashed again.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    store = cache_dir() / "hashes.json"
+    try:
+        known = json.loads(store.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    digest = known.get(key)
+    if isinstance(digest, str) and len(digest) == 64:
+        return digest
+    digest = file_sha256(p)
+    known[key] = digest
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".hashes.{os.getpid()}.json")
+        tmp.write_text(json.dumps(known, indent=0, sort_keys=True))
+        os.replace(tmp, store)
+    except OSError:
+        pass  # a read-only cache only costs the hashing time next run
+    return digest
 
 
 @dataclass(frozen=True)

@@ -678,3 +678,20 @@ def test_no_warning_for_known_checksum(server: _Server, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         w.download(_info(data, server.url("/c.pth")), tmp_path, progress=False)
+
+
+def test_checkpoint_identity_is_remembered_and_follows_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSAM_HOME", str(tmp_path / "home"))
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"abc" * 1000)
+    first = w.checkpoint_identity(f)
+    assert first == w.file_sha256(f)
+    assert (tmp_path / "home" / "hashes.json").is_file()
+    # A remembered digest is served without re-reading the file...
+    calls = []
+    monkeypatch.setattr(weights, "file_sha256", lambda p: calls.append(p) or "0" * 64)
+    assert w.checkpoint_identity(f) == first
+    assert calls == []
+    # ...until the file changes.
+    f.write_bytes(b"abcd" * 1000)
+    assert w.checkpoint_identity(f) == "0" * 64

@@ -155,11 +155,11 @@ def build_model(
     module, name, backbone_path, registry_name = _build(name_or_config)
     checkpoint_id = "random"
     if checkpoint is not None and str(checkpoint).lower() != "none":
-        from persam.weights import file_sha256, load_into, read_state_dict, resolve_checkpoint
+        from persam.weights import checkpoint_identity, load_into, read_state_dict, resolve_checkpoint
 
         path = resolve_checkpoint(registry_name, checkpoint)
         load_into(module, read_state_dict(path), path, name)
-        checkpoint_id = file_sha256(path)
+        checkpoint_id = checkpoint_identity(path)
     module = module.to(torch.device(device))
     backbone_cls = _resolve(backbone_path)
     return backbone_cls(module, name, checkpoint_id, dtype=compute_dtype)
