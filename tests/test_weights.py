@@ -689,7 +689,7 @@ def test_checkpoint_identity_is_remembered_and_follows_changes(tmp_path, monkeyp
     assert (tmp_path / "home" / "hashes.json").is_file()
     # A remembered digest is served without re-reading the file...
     calls = []
-    monkeypatch.setattr(weights, "file_sha256", lambda p: calls.append(p) or "0" * 64)
+    monkeypatch.setattr(w, "file_sha256", lambda p: calls.append(p) or "0" * 64)
     assert w.checkpoint_identity(f) == first
     assert calls == []
     # ...until the file changes.
