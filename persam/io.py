@@ -8,6 +8,7 @@ whose message names the file and what is wrong with it.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -110,7 +111,10 @@ def load_label_map(path: PathLike) -> np.ndarray:
     if a.ndim == 3:
         if a.shape[2] == 4:
             a = a[:, :, :3]
-        if a.shape[2] >= 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
+        colour = a.shape[2] >= 3 and not (
+            np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
+        )
+        if colour:
             # A colour-coded label image: each distinct colour (black = background) is one object.
             flat = a.reshape(-1, a.shape[2])
             colours, inv = np.unique(flat, axis=0, return_inverse=True)
@@ -194,6 +198,71 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_json_atomic(path: PathLike, obj: object, indent: int | None = None) -> None:
+    """Writes ``obj`` as UTF-8 JSON atomically."""
+    write_bytes_atomic(path, json.dumps(obj, indent=indent).encode("utf-8"))
+
+
+def save_image(path: PathLike, image: np.ndarray, quality: int = 90) -> None:
+    """Writes a ``uint8 [H, W, 3]`` RGB image atomically, as JPEG or PNG according to the suffix."""
+    suffix = Path(path).suffix.lower()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(suffix)
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported image suffix {suffix!r} (use .jpg, .jpeg or .png)")
+    im = Image.fromarray(image_to_rgb(image, str(path)))
+    with atomic_path(path) as tmp:
+        if fmt == "JPEG":
+            im.save(tmp, format=fmt, quality=quality)
+        else:
+            im.save(tmp, format=fmt)
+
+
+def ensure_output_dir(path: PathLike) -> Path:
+    """Creates ``path`` (with parents) and checks that files can be created in it.
+
+    Raises:
+        InputError: if it is a file, cannot be created or is not writable.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{p}: output folder is an existing file")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".persam-write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{p}: output folder is not writable ({e.strerror or type(e).__name__})") from None
+    return p
+
+
+def check_same_size(
+    image: np.ndarray, mask: np.ndarray, image_name: str = "image", mask_name: str = "mask"
+) -> None:
+    """Raises :class:`InputError` unless ``mask`` ``[H, W]`` matches ``image`` ``[H, W, 3]``."""
+    if tuple(mask.shape[:2]) != tuple(image.shape[:2]):
+        mh, mw = mask.shape[:2]
+        ih, iw = image.shape[:2]
+        raise InputError(f"{mask_name}: mask is {mw}x{mh} pixels but image {image_name} is {iw}x{ih}")
+
+
+def load_reference(
+    image: PathLike | np.ndarray, mask: PathLike | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reference image and its object mask, checked: same size and a non-empty mask.
+
+    Returns ``(uint8 [H, W, 3] RGB, bool [H, W])``.
+    """
+    img_name = str(image) if isinstance(image, (str, os.PathLike)) else "reference image"
+    mask_name = str(mask) if isinstance(mask, (str, os.PathLike)) else "reference mask"
+    img = as_image(image, img_name)
+    m = as_mask(mask, mask_name)
+    check_same_size(img, m, img_name, mask_name)
+    if not m.any():
+        raise InputError(f"{mask_name}: reference mask is empty (no foreground pixel)")
+    return img, m
 
 
 def save_png(path: PathLike, array: np.ndarray, palette: list[int] | None = None) -> None:

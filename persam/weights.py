@@ -23,6 +23,7 @@ import pickle
 import re
 import shutil
 import socket
+import struct
 import sys
 import urllib.error
 import urllib.parse
@@ -638,7 +639,18 @@ def _load_object(source: Path | io.BytesIO, label: str) -> object:
                     "expected a plain state dict"
                 ) from None
             raise WeightsError(f"{label}: is truncated or corrupt ({_first_line(e)})") from None
-        except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, zipfile.BadZipFile) as e:
+        except (
+            RuntimeError,
+            EOFError,
+            ValueError,
+            OSError,
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+            zipfile.BadZipFile,
+            struct.error,
+        ) as e:
             raise WeightsError(f"{label}: is truncated or corrupt ({_first_line(e)})") from None
 
 

@@ -375,8 +375,16 @@ def test_list_models():
 def test_build_model_from_config_dict_and_file(tmp_path):
     torch.manual_seed(0)
     bb = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint="none", dtype="bfloat16")
-    assert isinstance(bb, SamBackbone) and bb.name == "small_sam" and bb.checkpoint_id == "random"
+    assert isinstance(bb, SamBackbone) and bb.name == "small_sam" and bb.checkpoint_id == "random:small_sam:0"
     assert bb.dtype == torch.bfloat16 and not any(p.requires_grad for p in bb.model.parameters())
+    # Random weights are reproducible for a seed, differ between seeds, and say which they are.
+    again = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint="none")
+    other = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint="none", seed=1)
+    for k, v in bb.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[k], v), k
+    assert other.checkpoint_id == "random:small_sam:1"
+    key = "mask_decoder.iou_token.weight"
+    assert not torch.equal(other.model.state_dict()[key], bb.model.state_dict()[key])
 
     cfg = {k: v for k, v in SMALL_CONFIG.items() if k != "name"}
     path = tmp_path / "my_model.json"

@@ -17,7 +17,9 @@ _COMMANDS = ("segment", "learn", "track", "eval", "weights", "info", "demo")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persam",
-        description="Personalize Segment Anything from one example: segment your object in photos and videos.",
+        description=(
+            "Personalize Segment Anything from one example: segment your object in photos and videos."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:

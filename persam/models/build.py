@@ -127,6 +127,24 @@ def build_module(name_or_config: str | Path | dict) -> nn.Module:
     return _build(name_or_config)[0]
 
 
+def _config_seed(name_or_config: str | Path | dict) -> int:
+    """``_init.seed`` of a config (dict or JSON file) when it has one, else 0."""
+    cfg: Any = name_or_config
+    if not isinstance(cfg, dict):
+        path = Path(str(name_or_config)).expanduser()
+        if path.suffix.lower() != ".json" or not path.is_file():
+            return 0
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return 0
+    init = cfg.get("_init") if isinstance(cfg, dict) else None
+    try:
+        return int(init.get("seed", 0)) if isinstance(init, dict) else 0
+    except (TypeError, ValueError):
+        return 0
+
+
 def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -141,6 +159,7 @@ def build_model(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
+    seed: int | None = None,
 ) -> Backbone:
     """Builds a backbone ready for :meth:`~persam.backbones.base.Backbone.set_image`.
 
@@ -150,10 +169,18 @@ def build_model(
             checkpoint of a registered model (downloaded into the cache if missing), or a path.
         device: where the model runs.
         dtype: image-encoder compute dtype (``float32``, ``bfloat16`` or ``float16``).
+        seed: seed of the random initialisation (default: the config's ``_init.seed``, else 0).
+            Random models are therefore reproducible, and their ``checkpoint_id``
+            (``"random:<name>:<seed>"``) tells two differently seeded ones apart.
     """
     compute_dtype = _as_dtype(dtype)
-    module, name, backbone_path, registry_name = _build(name_or_config)
-    checkpoint_id = "random"
+    if seed is None:
+        seed = _config_seed(name_or_config)
+    # Seeded without touching the caller's global random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module, name, backbone_path, registry_name = _build(name_or_config)
+    checkpoint_id = f"random:{name}:{seed}"
     if checkpoint is not None and str(checkpoint).lower() != "none":
         from persam.weights import checkpoint_identity, load_into, read_state_dict, resolve_checkpoint
 

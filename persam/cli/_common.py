@@ -1,0 +1,291 @@
+"""Options and helpers shared by the sub-commands: model selection and loading, devices, reference
+prompts, and reporting errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from persam.backbones.base import Backbone
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_MODEL = "sam_vit_h"
+
+# Exit codes: 0 success; 1 some images failed; 2 nothing done (bad arguments or input).
+EXIT_PARTIAL = 1
+EXIT_ERROR = 2
+
+
+class CommandError(Exception):
+    """A fatal, user-facing problem; the message is one line naming the file or option at fault."""
+
+
+def fail(prog: str, message: str) -> int:
+    """Prints ``"<prog>: error: <message>"`` on stderr and returns :data:`EXIT_ERROR`."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def one_line(message: object) -> str:
+    """The first non-empty line of a message (exception texts sometimes carry tracebacks or hints)."""
+    text = str(message).strip()
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text) or "unknown error"
+
+
+# ------------------------------------------------------------------------------------------ model
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--model``, ``--checkpoint``, ``--device`` and ``--dtype``."""
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME|CONFIG.json",
+        help=f"registry name (see 'persam weights list') or a model config JSON (default {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--checkpoint",
+        default="auto",
+        metavar="PATH|auto|none",
+        help="weights file; 'auto' uses (and downloads into) the cache; 'none' keeps random weights, "
+        "for testing only (default auto)",
+    )
+    g.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default auto)")
+    g.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision (default float32)")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` / ``mps`` / ``cpu`` by availability; a requested accelerator must exist."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if device == "cuda" and not cuda:
+        raise CommandError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if device == "mps" and not mps:
+        raise CommandError("--device mps: Apple MPS is not available (use --device cpu or auto)")
+    return device
+
+
+def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
+    """Builds the backbone chosen by :func:`add_model_arguments`; every failure is a :class:`CommandError`.
+
+    ``--checkpoint none`` gives random weights seeded from the config (see ``build_model``), so
+    that two runs (e.g. ``persam learn`` then ``persam segment --concept``) use the same model; it
+    warns on stderr, as such a model is useless for real images.
+    """
+    from persam.io import InputError
+    from persam.models.build import build_model
+    from persam.weights import WeightsError
+
+    device = resolve_device(args.device)
+    model = args.model
+    if model.lower().endswith(".json") and not Path(model).is_file():
+        raise CommandError(f"{model}: model config file not found")
+    random_weights = args.checkpoint is None or str(args.checkpoint).lower() == "none"
+    try:
+        if random_weights:
+            backbone = build_model(model, checkpoint="none", device=device, dtype=args.dtype)
+            print(
+                f"{prog}: warning: --checkpoint none: random weights ({backbone.checkpoint_id}), "
+                "for testing only",
+                file=sys.stderr,
+            )
+            return backbone
+        return build_model(model, checkpoint=args.checkpoint, device=device, dtype=args.dtype)
+    except (WeightsError, InputError, ValueError, KeyError, OSError) as e:
+        raise CommandError(one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)) from None
+    except RuntimeError as e:  # e.g. out of memory, unsupported dtype on a device
+        raise CommandError(f"--model {model}: cannot load on {device} ({one_line(e)})") from None
+    except Exception as e:  # a damaged checkpoint can fail deep inside the unpickler
+        raise CommandError(
+            f"--checkpoint {args.checkpoint}: cannot load ({type(e).__name__}: {one_line(e)})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------- prompts
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``"x,y"`` or ``"x,y:label"`` (label 1 foreground, 0 background) -> ``(x, y, label)``."""
+    coords, _, label = text.partition(":")
+    try:
+        xs = [float(v) for v in coords.split(",")]
+        lab = int(label) if label else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x,y or x,y:label") from None
+    if len(xs) != 2 or lab not in (0, 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x,y or x,y:label with label 0 or 1")
+    return xs[0], xs[1], lab
+
+
+def split_points(tokens: list[str] | None) -> tuple[list[tuple[float, float, int]], list[str]]:
+    """Leading ``x,y[:label]`` tokens as points, and the tokens after them.
+
+    ``--ref-points`` takes several values, so argparse also hands it the target paths that follow
+    it on the command line; those are returned as the second list.
+    """
+    points: list[tuple[float, float, int]] = []
+    tokens = list(tokens or [])
+    for i, t in enumerate(tokens):
+        try:
+            points.append(parse_point(t))
+        except argparse.ArgumentTypeError:
+            if not points:
+                raise CommandError(f"--ref-points: {t!r} is not a point x,y or x,y:label") from None
+            return points, tokens[i:]
+    return points, []
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` -> a box in pixels (``x1 > x0``, ``y1 > y0``)."""
+    try:
+        v = [float(s) for s in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 4 or v[2] <= v[0] or v[3] <= v[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+    return v[0], v[1], v[2], v[3]
+
+
+def normalize_method(method: str) -> str:
+    """``persam-f`` / ``persam_f`` / ``PerSAM-F`` -> ``persam_f``."""
+    m = method.lower().replace("-", "_")
+    if m not in ("persam", "persam_f"):
+        raise argparse.ArgumentTypeError(f"{method!r}: expected persam or persam-f")
+    return m
+
+
+def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--ref``, ``--ref-mask``, ``--ref-points``, ``--ref-box`` and ``--method``."""
+    g = parser.add_argument_group("reference (the object to learn)")
+    g.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="reference image (repeatable)")
+    g.add_argument(
+        "--ref-mask",
+        action="append",
+        default=[],
+        metavar="MASK",
+        help="mask of the object in --ref (repeatable)",
+    )
+    g.add_argument(
+        "--ref-points",
+        nargs="+",
+        action="extend",
+        metavar="X,Y[:LABEL]",
+        help="clicks on the object instead of a mask (label 1 object, 0 background)",
+    )
+    g.add_argument(
+        "--ref-box", type=parse_box, metavar="X0,Y0,X1,Y1", help="box around the object instead of a mask"
+    )
+    g.add_argument(
+        "--method",
+        type=normalize_method,
+        default="persam",
+        metavar="persam|persam-f",
+        help="PerSAM (training-free) or PerSAM-F (10 s fine-tuning of 2 weights); default persam",
+    )
+
+
+@dataclass
+class References:
+    """Reference images read and checked before any model is loaded.
+
+    Attributes:
+        images: ``uint8 [H, W, 3]`` RGB reference images.
+        masks: one bool ``[H, W]`` mask per image, or None when the object is given by prompts.
+        points: ``[N, 2]`` (x, y) clicks on ``images[0]``, or None; labels ``[N]`` 1 / 0.
+        box: ``[4]`` XYXY box on ``images[0]``, or None.
+        source: the reference file name, for messages.
+    """
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray] | None
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    source: str = ""
+
+
+def read_references(args: argparse.Namespace) -> References:
+    """Reads ``--ref`` / ``--ref-mask`` / ``--ref-points`` / ``--ref-box``; bad input is a
+    :class:`CommandError` naming the file or option."""
+    from persam.io import InputError, as_image, load_reference
+
+    refs, masks = list(args.ref), list(args.ref_mask)
+    ref_points, rest = split_points(args.ref_points)
+    if rest:
+        raise CommandError(f"--ref-points: {rest[0]!r} is not a point x,y or x,y:label")
+    prompts = bool(ref_points or args.ref_box)
+    if not refs:
+        raise CommandError("--ref: a reference image is required")
+    if prompts:
+        if masks:
+            raise CommandError("--ref-mask cannot be combined with --ref-points / --ref-box")
+        if len(refs) != 1:
+            raise CommandError(
+                "--ref-points / --ref-box describe one reference image; give exactly one --ref"
+            )
+    elif not masks:
+        raise CommandError("--ref-mask (or --ref-points / --ref-box) is required with --ref")
+    elif len(masks) != len(refs):
+        raise CommandError(f"--ref-mask: got {len(masks)} mask(s) for {len(refs)} --ref image(s)")
+    try:
+        if not prompts:
+            pairs = [load_reference(r, m) for r, m in zip(refs, masks, strict=True)]
+            return References([p[0] for p in pairs], [p[1] for p in pairs], source=str(refs[0]))
+        image = as_image(refs[0])
+    except InputError as e:
+        raise CommandError(one_line(e)) from None
+    h, w = image.shape[:2]
+    out = References([image], None, source=str(refs[0]))
+    if ref_points:
+        out.points = np.array([[x, y] for x, y, _ in ref_points], np.float64)
+        out.labels = np.array([lab for _, _, lab in ref_points], np.int64)
+        inside = (
+            (out.points[:, 0] >= 0)
+            & (out.points[:, 0] < w)
+            & (out.points[:, 1] >= 0)
+            & (out.points[:, 1] < h)
+        )
+        if not inside.all():
+            x, y = out.points[int(np.argmin(inside))]
+            raise CommandError(f"--ref-points: point {x:g},{y:g} lies outside {refs[0]} ({w}x{h} pixels)")
+    if args.ref_box:
+        out.box = np.array(args.ref_box, np.float64)
+        if out.box[0] >= w or out.box[1] >= h or out.box[2] <= 0 or out.box[3] <= 0:
+            raise CommandError(f"--ref-box: box lies outside {refs[0]} ({w}x{h} pixels)")
+    return out
+
+
+def learn_concept(
+    model: Backbone, refs: References, method: str, name: str | None = None, progress: bool = False
+):
+    """Learns a :class:`~persam.personalize.Concept` (a mask is first made from prompts, if given)."""
+    from persam.io import InputError
+    from persam.personalize import learn, mask_from_prompts
+
+    try:
+        masks = refs.masks
+        if masks is None:
+            mask = np.asarray(
+                mask_from_prompts(model, refs.images[0], refs.points, refs.labels, refs.box), bool
+            )
+            if not mask.any():
+                raise CommandError(
+                    f"{refs.source}: the reference points/box gave an empty mask; add or move clicks"
+                )
+            masks = [mask]
+        if len(refs.images) == 1:
+            return learn(model, refs.images[0], masks[0], method=method, name=name, progress=progress)
+        return learn(model, refs.images, masks, method=method, name=name, progress=progress)
+    except InputError as e:
+        message = one_line(e)
+        if refs.source not in message:
+            message = f"{refs.source}: {message}"
+        raise CommandError(message) from None

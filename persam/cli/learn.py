@@ -1,0 +1,65 @@
+"""``persam learn``: learn your object from a reference and save it as a concept file.
+
+persam learn --ref dog.jpg --ref-mask dog.png --method persam-f -o my_dog.persam
+persam segment --concept my_dog.persam photos/ -o out/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from persam.cli._common import (
+    CommandError,
+    add_model_arguments,
+    add_reference_arguments,
+    fail,
+    learn_concept,
+    load_model,
+    one_line,
+    read_references,
+)
+
+_PROG = "persam learn"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "learn",
+        help="learn your object from a reference and save it",
+        description="Learn an object from one or more references (image + mask, or clicks / a box) and save "
+        "it as a concept file for 'persam segment --concept'. The file is tied to the model it was "
+        "learned with.",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="FILE.persam", help="concept file"
+    )
+    add_reference_arguments(parser)
+    parser.add_argument(
+        "--name", metavar="NAME", help="label stored with the concept (default: the file name)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar (PerSAM-F fitting)")
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from persam.io import InputError, ensure_output_dir
+
+    try:
+        if args.output.is_dir():
+            raise CommandError(f"{args.output}: is a folder, expected a concept file name")
+        ensure_output_dir(args.output.parent)
+        refs = read_references(args)
+        model = load_model(args, _PROG)
+        concept = learn_concept(
+            model, refs, args.method, name=args.name or args.output.stem, progress=not args.quiet
+        )
+        try:
+            concept.save(args.output)  # atomic
+        except OSError as e:
+            raise CommandError(f"{args.output}: cannot write ({one_line(e)})") from None
+    except (CommandError, InputError) as e:
+        return fail(_PROG, str(e))
+    print(f"{_PROG}: saved {args.method} concept to {args.output}")
+    return 0

@@ -1,0 +1,160 @@
+"""``persam segment``: find and segment your object in a set of images.
+
+    persam segment --ref dog.jpg --ref-mask dog.png photos/ -o out/
+    persam segment --ref dog.jpg --ref-points 310,220 photos/*.jpg -o out/ --method persam-f
+    persam segment --concept my_dog.persam photos/ -o out/ --save mask,coco
+
+Exit status: 0 all images segmented (or skipped because their outputs exist), 1 some images
+failed (the others are written), 2 nothing done (bad arguments, reference, model or output folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from persam.cli._common import (
+    EXIT_PARTIAL,
+    CommandError,
+    add_model_arguments,
+    add_reference_arguments,
+    fail,
+    learn_concept,
+    load_model,
+    one_line,
+    read_references,
+    split_points,
+)
+
+_PROG = "persam segment"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment your object in a set of images",
+        description="Learn your object from one reference (image + mask, clicks or box) or load a saved "
+        "concept, then segment it in every target image. Re-running skips images whose outputs exist.",
+        epilog="Outputs: OUT/masks/NAME.png (0/255), OUT/overlays/NAME.jpg, OUT/coco.json, "
+        "OUT/CONCEPT/NAME.png (PerSeg format). Exit status 1 when some images failed.",
+    )
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help="image files, folders or glob patterns")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    add_reference_arguments(parser)
+    parser.add_argument(
+        "--concept",
+        type=Path,
+        metavar="FILE.persam",
+        help="apply a concept saved by 'persam learn' instead of --ref",
+    )
+    parser.add_argument(
+        "--save",
+        default="mask,overlay",
+        metavar="KINDS",
+        help="comma-separated outputs among mask, overlay, coco, perseg (default mask,overlay)",
+    )
+    parser.add_argument(
+        "--concept-name",
+        metavar="NAME",
+        help="PerSeg sub-folder and COCO category (default: the reference image's folder name, "
+        "or the concept file's name)",
+    )
+    parser.add_argument(
+        "--max-instances", type=_positive_int, default=1, metavar="N", help="find up to N objects"
+    )
+    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
+    parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return v
+
+
+def default_concept_name(args: argparse.Namespace) -> str:
+    """``--concept-name``, else the concept file's stem, else the reference image's folder name."""
+    if args.concept_name:
+        return args.concept_name
+    if args.concept is not None:
+        return args.concept.stem
+    name = Path(args.ref[0]).resolve().parent.name if args.ref else ""
+    return name or "object"
+
+
+def load_concept(path: Path, model):
+    """Loads a saved concept for ``model``; a missing, corrupt or foreign file is a :class:`CommandError`."""
+    from persam.personalize import Concept
+
+    if not path.is_file():
+        raise CommandError(f"{path}: concept file not found")
+    try:
+        return Concept.load(path, model)
+    except (ValueError, KeyError, OSError, RuntimeError, EOFError) as e:
+        message = one_line(e)
+        if str(path) not in message:
+            message = f"{path}: {message}"
+        raise CommandError(message) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from persam.io import InputError, ensure_output_dir, list_images
+    from persam.pipelines.image_set import parse_save, segment_image_set
+
+    try:
+        points, extra_targets = split_points(args.ref_points)
+        if args.ref_points:
+            args.ref_points = [f"{x},{y}:{lab}" for x, y, lab in points]
+        args.targets = list(args.targets) + extra_targets
+        if not args.targets:
+            raise CommandError("no TARGET given (image files, folders or glob patterns to segment)")
+        if args.concept is not None and (args.ref or args.ref_mask or args.ref_points or args.ref_box):
+            raise CommandError(
+                "--concept cannot be combined with --ref / --ref-mask / --ref-points / --ref-box"
+            )
+        if args.concept is None and not args.ref:
+            raise CommandError(
+                "give a reference (--ref with --ref-mask, --ref-points or --ref-box) or --concept"
+            )
+        # Check everything cheap before loading the model.
+        save = parse_save(args.save)
+        images = list_images(args.targets)
+        if not images:
+            raise CommandError(f"{', '.join(args.targets)}: no images found")
+        ensure_output_dir(args.output)
+        concept_name = default_concept_name(args)
+        refs = read_references(args) if args.concept is None else None
+        if args.concept is not None and not args.concept.is_file():
+            raise CommandError(f"{args.concept}: concept file not found")
+
+        model = load_model(args, _PROG)
+        if refs is None:
+            concept = load_concept(args.concept, model)
+        else:
+            concept = learn_concept(model, refs, args.method, name=concept_name, progress=not args.quiet)
+        summary = segment_image_set(
+            concept,
+            images,
+            args.output,
+            save=save,
+            concept_name=concept_name,
+            overwrite=args.overwrite,
+            max_instances=args.max_instances,
+            overlay_format=args.overlay_format,
+            progress=not args.quiet,
+            log=lambda msg: tqdm.write(f"{_PROG}: {msg}", file=sys.stderr),
+        )
+    except (CommandError, InputError) as e:
+        return fail(_PROG, str(e))
+    print(f"{_PROG}: {summary.line()} -> {args.output}")
+    return EXIT_PARTIAL if summary.failed else 0
