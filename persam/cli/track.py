@@ -1,0 +1,189 @@
+"""``persam track``: follow the objects of a first-frame mask through a video.
+
+    persam track clip.mp4 --mask first.png -o out/
+    persam track DAVIS/JPEGImages/480p/bear -o out/bear --overlay bear.mp4
+    persam track clip.mp4 --mask cat.png --mask dog.png -o out/ --method persam-f --stride 2
+
+Outputs: ``OUT/<frame>.png`` (DAVIS-format palette PNG per frame, the first-frame mask's palette
+or the DAVIS palette), ``OUT/scores.json`` (per frame and object: predicted IoU, presence, box)
+and, with ``--overlay``, a video of the frames with the objects drawn over them. Nothing is
+written unless the whole video was processed. Exit status 0 on success, 2 on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from persam.cli._common import CommandError, add_model_arguments, fail, load_model, normalize_method, one_line
+
+_PROG = "persam track"
+OVERLAY_SUFFIXES = (".mp4", ".avi")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "track",
+        help="track objects through a video from a first-frame mask",
+        description="Segment the objects of a first-frame mask in every later frame of a video file "
+        "or a folder of frames (PerSAM: one image-encoder pass per frame, all objects together).",
+        epilog="Outputs: OUT/NNNNN.png (palette PNG, one per frame; frame folders keep their file "
+        "names), OUT/scores.json, and the --overlay video. Nothing is written if the run fails.",
+    )
+    parser.add_argument("video", type=Path, metavar="VIDEO_OR_DIR", help="video file or folder of frames")
+    parser.add_argument(
+        "--mask",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FIRST.png",
+        help="mask of the first tracked frame: a palette PNG with object ids or a binary PNG; repeat "
+        "for one binary mask per object (ids 1, 2, ...). Optional for a DAVIS sequence folder",
+    )
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument(
+        "--method",
+        type=normalize_method,
+        default="persam",
+        metavar="persam|persam-f",
+        help="PerSAM (training-free) or PerSAM-F (two mask weights per object fitted on the first "
+        "frame); default persam",
+    )
+    parser.add_argument(
+        "--overlay", type=Path, metavar="OUT.mp4", help="also write an overlay video (.mp4/.avi)"
+    )
+    parser.add_argument(
+        "--start", type=_non_negative_int, default=0, metavar="N", help="index of the masked frame"
+    )
+    parser.add_argument("--stride", type=_positive_int, default=1, metavar="K", help="track every K-th frame")
+    parser.add_argument(
+        "--compat",
+        choices=("fixed", "official"),
+        default="fixed",
+        help="'official' reproduces the reference PerSAM video script exactly, including its uint8 "
+        "mask-area comparison and positional box assignment (default fixed)",
+    )
+    parser.add_argument(
+        "--topk", type=_positive_int, default=2, metavar="K", help="similarity points (default 2)"
+    )
+    parser.add_argument(
+        "--box-margin",
+        type=_non_negative_int,
+        default=10,
+        metavar="PX",
+        help="box growth in pixels (default 10)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = low - 1
+    if v < low:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {low}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def default_mask(video: Path) -> Path:
+    """The first annotation of a DAVIS sequence given by its ``JPEGImages/<res>/<seq>`` folder."""
+    parts = video.resolve().parts
+    if video.is_dir() and len(parts) >= 3 and parts[-3] == "JPEGImages":
+        ann = Path(*parts[:-3], "Annotations", parts[-2], parts[-1])
+        pngs = sorted(ann.glob("*.png")) if ann.is_dir() else []
+        if pngs:
+            return pngs[0]
+    raise CommandError("--mask: a first-frame mask is required (found no DAVIS annotation for this folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from persam.io import InputError
+    from persam.pipelines.video import track
+    from persam.video_io import DAVIS_PALETTE, ResultWriter, load_first_mask, open_video
+
+    try:
+        if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
+            raise CommandError(f"--overlay {args.overlay}: use a .mp4 or .avi file name")
+        if args.output.exists() and not args.output.is_dir():
+            raise CommandError(f"{args.output}: output folder is an existing file")
+        # Everything cheap is checked before the model is loaded.
+        source = open_video(args.video)
+        info = source.info
+        if info.num_frames is not None and args.start >= info.num_frames:
+            raise CommandError(
+                f"{args.video}: --start {args.start} is beyond the end ({info.num_frames} frames)"
+            )
+        masks = args.mask or [default_mask(args.video)]
+        first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=_frame_size(source, args.start))
+        model = load_model(args)
+        total = None if info.num_frames is None else len(range(args.start, info.num_frames, args.stride))
+        meta = {
+            "video": str(args.video),
+            "mask": [str(m) for m in masks],
+            "object_ids": first.object_ids,
+            "method": args.method,
+            "compat": args.compat,
+            "model": model.name,
+            "fps": info.fps,
+            "start": args.start,
+            "stride": args.stride,
+        }
+        palette = first.palette or list(DAVIS_PALETTE)
+        results = track(
+            model,
+            source,
+            first,
+            method=args.method,
+            compat=args.compat,
+            start=args.start,
+            stride=args.stride,
+            topk=args.topk,
+            box_margin=args.box_margin,
+            keep_images=args.overlay is not None,
+        )
+        with ResultWriter(
+            args.output, palette, args.overlay, info.fps / args.stride, metadata=meta
+        ) as writer:
+            bar = tqdm(results, total=total, unit="frame", desc=_PROG, disable=args.quiet, file=sys.stderr)
+            n = 0
+            for res in bar:
+                name = info.frame_name(res.index)
+                record = dict(res.to_record(), name=name)
+                writer.write(name, res.label_map, res.image, record)
+                n += 1
+            bar.close()
+    except (CommandError, InputError) as e:
+        return fail(_PROG, one_line(e))
+    finally:
+        if "source" in locals():
+            source.close()
+    where = f"{args.output}" + (f" and {args.overlay}" if args.overlay is not None else "")
+    print(f"{_PROG}: {n} frame(s), {len(first.object_ids)} object(s) -> {where}")
+    return 0
+
+
+def _frame_size(source, start: int) -> tuple[int, int]:
+    """``(H, W)`` of the video frames (decodes the first tracked frame if the source does not say)."""
+    if source.info.size is None:
+        frames = source.frames(start, 1)
+        try:
+            next(frames, None)
+        finally:
+            frames.close()
+    if source.info.size is None:
+        raise CommandError(f"{source.info.source}: no frame at index {start}")
+    return source.info.size

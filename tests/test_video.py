@@ -1,0 +1,583 @@
+"""Video tracking and video I/O on synthetic videos made here.
+
+Two models are used: a small random SAM (built from a config dict) exercises the real decoder
+path; a deterministic colour segmenter (a :class:`Backbone` whose "decoder" returns the saturated
+colour region under the first positive point, and nothing on grey) makes tracking behaviour
+checkable: objects followed, ids kept, an object leaving the frame reported absent and found again.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from persam.backbones.base import Backbone, DecoderOutput
+from persam.io import InputError
+from persam.pipelines.video import FrameResult, VideoTracker, expand_box, track
+from persam.video_io import (
+    DAVIS_PALETTE,
+    Prefetcher,
+    ResultWriter,
+    davis_sequence,
+    load_first_mask,
+    open_video,
+)
+
+SMALL_SAM = {
+    "image_encoder": {
+        "class": "ImageEncoderViT",
+        "img_size": 1024,
+        "patch_size": 16,
+        "embed_dim": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "out_chans": 32,
+        "use_rel_pos": False,
+        "window_size": 8,
+        "global_attn_indexes": [],
+    },
+    "prompt_encoder": {
+        "embed_dim": 32,
+        "image_embedding_size": [64, 64],
+        "input_image_size": [1024, 1024],
+        "mask_in_chans": 8,
+    },  # fmt: skip
+    "mask_decoder": {
+        "transformer_dim": 32,
+        "num_multimask_outputs": 3,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": 32,
+        "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64},
+    },
+}
+
+H, W = 96, 128
+FPS = 10.0
+
+
+# ------------------------------------------------------------------------------------ scenes
+def _texture(rng: np.random.Generator, h: int, w: int, base: tuple[int, int, int], amp: float) -> np.ndarray:
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 1.5)
+    noise = noise / (np.abs(noise).max() + 1e-6)
+    img = np.asarray(base, np.float32)[None, None] * (1.0 + amp * noise[..., None])
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_scene(
+    t: int = 10, seed: int = 0, leave: tuple[int, int] | None = (4, 6)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``[T, H, W, 3]`` and labels ``[T, H, W]``: over a textured grey background, a red
+    square (id 3) moves right, a green disc (id 7) moves left and passes in front of it, and a
+    blue square (id 2) leaves the frame at the right border during frames ``leave[0]..leave[1]``
+    and comes back."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    frames = np.zeros((t, H, W, 3), np.uint8)
+    labels = np.zeros((t, H, W), np.uint8)
+    red = _texture(rng, 22, 22, (200, 40, 40), 0.25)
+    green = _texture(rng, 25, 25, (40, 190, 50), 0.25)
+    blue = _texture(rng, 18, 18, (40, 50, 210), 0.25)
+    for i in range(t):
+        bg = 110 + 25 * np.sin(xx / 7.0 + i * 0.3) * np.cos(yy / 9.0)
+        frame = np.repeat(bg[..., None], 3, axis=2) + rng.normal(0, 4, (H, W, 1))
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+        lab = np.zeros((H, W), np.uint8)
+        # Blue square near the right border; outside the frame for the 'leave' frames.
+        if leave[0] <= i <= leave[1]:
+            bx = W + 5
+        else:
+            bx = W - 30
+        if bx < W:
+            x1 = min(bx + 18, W)
+            frame[60:78, bx:x1] = blue[:, : x1 - bx]
+            lab[60:78, bx:x1] = 2
+        # Red square moving right.
+        rx, ry = 8 + 4 * i, 14 + i
+        frame[ry : ry + 22, rx : rx + 22] = red
+        lab[ry : ry + 22, rx : rx + 22] = 3
+        # Green disc moving left, drawn last (in front of the red square where they overlap).
+        cx, cy = 80 - 4 * i, 30
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= 12**2
+        gx0, gy0 = cx - 12, cy - 12
+        patch = np.zeros((H, W, 3), np.uint8)
+        ys, xs = np.nonzero(disc)
+        patch[ys, xs] = green[np.clip(ys - gy0, 0, 24), np.clip(xs - gx0, 0, 24)]
+        frame[disc] = patch[disc]
+        lab[disc] = 7
+        frames[i], labels[i] = frame, lab
+    return frames, labels
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = FPS) -> Path:
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
+    writer = cv2.VideoWriter(str(path), fourcc, fps, (frames.shape[2], frames.shape[1]))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def write_palette_png(path: Path, labels: np.ndarray, palette: list[int] | None = None) -> Path:
+    im = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels).tobytes())
+    im.putpalette(palette or DAVIS_PALETTE)
+    im.save(path)
+    return path
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+# ------------------------------------------------------------------------------------ models
+class ColourBackbone(Backbone):
+    """A deterministic stand-in for SAM on the synthetic scenes.
+
+    Features: per embedding cell, the pixel chroma (colour minus grey level) plus a constant
+    channel, so grey cells are orthogonal to coloured ones. "Decoder": the connected region of
+    saturated pixels of the same dominant colour as the first positive point (nothing when that
+    pixel is grey), as ±8 logits; the three outputs are that mask, identical.
+    """
+
+    name = "colour"
+    checkpoint_id = "none"
+
+    def __init__(self) -> None:
+        self.model = nn.Linear(1, 1)
+        self.encoder_calls = 0
+        self.decoder_batches: list[int] = []
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.encoder_calls += 1
+        img = image.astype(np.float32)
+        chroma = img - img.mean(axis=2, keepdims=True)
+        feat = np.concatenate([chroma, np.full(img.shape[:2] + (1,), 20.0, np.float32)], axis=2)
+        grid = cv2.resize(feat, (64, 64), interpolation=cv2.INTER_AREA)
+        self._features = torch.from_numpy(grid).permute(2, 0, 1)[None].contiguous()
+        sat = np.abs(chroma).max(axis=2) > 45
+        self._classes = np.where(sat, chroma.argmax(axis=2) + 1, 0).astype(np.uint8)
+        self._size = image.shape[:2]
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self._features
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self._size
+
+    def _region(self, x: int, y: int) -> np.ndarray:
+        h, w = self._size
+        x, y = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
+        c = self._classes[y, x]
+        if c == 0:
+            return np.zeros((h, w), bool)
+        _, comp = cv2.connectedComponents((self._classes == c).astype(np.uint8), connectivity=8)
+        return comp == comp[y, x]
+
+    def decode(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
+               attn_sim=None, target_embedding=None) -> DecoderOutput:  # fmt: skip
+        b = point_coords.shape[0]
+        self.decoder_batches.append(b)
+        c = 3 if multimask_output else 1
+        low = torch.zeros(b, c, 256, 256)
+        for i in range(b):
+            pos = [
+                p
+                for p, lab in zip(point_coords[i].tolist(), point_labels[i].tolist(), strict=True)
+                if lab == 1
+            ]
+            mask = self._region(int(pos[0][0]), int(pos[0][1])).astype(np.float32) * 16.0 - 8.0
+            low[i, :] = torch.from_numpy(cv2.resize(mask, (256, 256), interpolation=cv2.INTER_LINEAR))
+        iou = torch.tensor([[0.9, 0.8, 0.7][:c]] * b)
+        return DecoderOutput(low, iou)
+
+    def postprocess(self, low_res: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(low_res.float(), size=self._size, mode="bilinear", align_corners=False)
+
+    def mask_to_embedding_grid(self, mask, pad_value: float = 0.0) -> torch.Tensor:
+        m = torch.as_tensor(np.asarray(mask), dtype=torch.float32)[None, None]
+        return F.interpolate(m, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+
+
+@pytest.fixture(scope="module")
+def small_sam():
+    from persam.models.build import build_model
+
+    torch.manual_seed(0)
+    return build_model(SMALL_SAM, checkpoint="none")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene()
+
+
+@pytest.fixture()
+def one_thread():
+    torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------ tracking
+def test_follows_objects_keeps_ids_and_handles_an_object_leaving(scene):
+    frames, labels = scene
+    model = ColourBackbone()
+    events: dict[tuple[str, int, int], object] = {}
+
+    def hook(event, frame, slot, value):
+        events[(event, frame, slot)] = value
+
+    results = list(track(model, frames, labels[0], hook=hook, prefetch=2))
+    assert [r.index for r in results] == list(range(len(frames)))
+    assert results[0].is_reference and np.array_equal(results[0].label_map, labels[0])
+    for r in results:
+        assert r.object_ids == [2, 3, 7]
+        assert set(np.unique(r.label_map).tolist()) <= {0, 2, 3, 7}
+        for oid in (3, 7):  # always (at least partly) visible
+            assert r.present[oid]
+            assert iou(r.label_map == oid, labels[r.index] == oid) > 0.9, (r.index, oid)
+    # The blue square (id 2) is outside the frame on frames 4..6: absent, no score, no box ...
+    for r in results[4:7]:
+        assert not r.present[2] and r.scores[2] is None and r.boxes[2] is None
+        assert not (r.label_map == 2).any()
+    # ... searched by similarity alone (no box, no centre point) on the frames after it vanished ...
+    for i in (5, 6, 7):
+        assert events[("box_prompt", i, 0)] is None
+        assert len(events[("points", i, 0)][0]) == 2
+    # ... and found again when it comes back.
+    for r in results[7:]:
+        assert r.present[2] and iou(r.label_map == 2, labels[r.index] == 2) > 0.9
+        assert events[("box_prompt", r.index + 1, 0)] is not None if r.index + 1 < len(frames) else True
+    # One image-encoder pass per frame, the reference frame included, whatever the object count.
+    assert model.encoder_calls == len(frames)
+
+
+def test_decoder_runs_once_per_step_for_all_objects(scene):
+    frames, labels = scene
+    model = ColourBackbone()
+    tracker = VideoTracker(model)
+    tracker.initialize(frames[0], load_first_mask(labels[0]))
+    model.decoder_batches.clear()
+    tracker.step(frames[1], 1)
+    assert model.decoder_batches == [3, 3, 3]  # three steps, B = 3 objects each
+    # Reference behaviour: one decoder call per object and step.
+    naive = VideoTracker(model, batch_objects=False)
+    naive.initialize(frames[0], load_first_mask(labels[0]))
+    model.decoder_batches.clear()
+    naive.step(frames[1], 1)
+    assert model.decoder_batches == [1] * 9
+
+
+def test_official_compat_assigns_boxes_by_position(scene):
+    """When the object with the lowest id vanishes, the reference gives its box slot to the next
+    label and stops processing the last object; the fixed mode keeps boxes with their labels."""
+    frames, labels = scene
+    frames = frames.copy()
+    labels = labels.copy()
+    # Let object 2 vanish at frame 2 (paint it grey) and stay away.
+    for i in range(2, len(frames)):
+        frames[i][labels[i] == 2] = 110
+    boxes: dict[str, dict[tuple[int, int], object]] = {"official": {}, "fixed": {}}
+    results = {}
+    for compat in ("official", "fixed"):
+
+        def hook(event, frame, slot, value, compat=compat):
+            if event == "box_prompt":
+                boxes[compat][(frame, slot)] = value
+
+        results[compat] = list(track(ColourBackbone(), frames[:5], labels[0], compat=compat, hook=hook))
+    prev = results["official"][2]
+    assert not prev.present[2] and prev.present[3]
+    # official: slot 0 (id 2) takes the box of id 3, slot 1 (id 3) the box of id 7; id 7 is not processed.
+    box, _ = boxes["official"][(3, 0)]
+    assert box.tolist() == expand_box(np.array(prev.boxes[3]), 10, (H, W))[0].tolist()
+    box, _ = boxes["official"][(3, 1)]
+    assert box.tolist() == expand_box(np.array(prev.boxes[7]), 10, (H, W))[0].tolist()
+    assert (3, 2) not in boxes["official"]
+    assert results["official"][3].scores[7] is None
+    # fixed: id 2 has no box any more, the others keep their own.
+    assert boxes["fixed"][(3, 0)] is None
+    box, _ = boxes["fixed"][(3, 2)]
+    assert box.tolist() == expand_box(np.array(results["fixed"][2].boxes[7]), 10, (H, W))[0].tolist()
+    assert results["fixed"][3].present[7] and results["fixed"][4].present[3]
+
+
+def test_expand_box_clips_like_the_reference():
+    box, centre = expand_box(np.array([5, 12, 300, 230]), 10, (240, 320))
+    assert box.tolist() == [0, 2, 310, 240] and centre.tolist() == [155, 121]
+    box, centre = expand_box(np.array([50, 50, 60, 70]), 10, (240, 320))
+    assert box.tolist() == [40, 40, 70, 80] and centre.tolist() == [55, 60]
+
+
+def test_start_and_stride(scene):
+    frames, labels = scene
+    results = list(track(ColourBackbone(), frames, labels[3], start=3, stride=2))
+    assert [r.index for r in results] == [3, 5, 7, 9]
+    assert np.array_equal(results[0].label_map, labels[3])
+    assert results[0].is_reference and not any(r.is_reference for r in results[1:])
+
+
+def test_small_object_does_not_crash(scene):
+    frames, labels = scene
+    first = np.zeros((H, W), np.uint8)
+    first[20:23, 40:42] = 5  # 6 pixels: covers no embedding cell by half
+    results = list(track(ColourBackbone(), frames[:3], first))
+    assert len(results) == 3 and results[0].object_ids == [5]
+
+
+def test_small_sam_batched_equals_per_object(small_sam, scene, one_thread):
+    frames, labels = scene
+    batched = list(track(small_sam, frames[:4], labels[0]))
+    single = list(track(small_sam, frames[:4], labels[0], batch_objects=False))
+    for a, b in zip(batched, single, strict=True):
+        assert a.index == b.index
+        assert (a.label_map != b.label_map).sum() <= 5
+        assert a.label_map.dtype == np.uint8 and a.label_map.shape == (H, W)
+        assert set(np.unique(a.label_map).tolist()) <= {0, 2, 3, 7}
+
+
+def test_small_sam_persam_f(small_sam, scene, one_thread):
+    frames, labels = scene
+    tracker = VideoTracker(small_sam, method="persam-f", finetune_kwargs={"steps": 30})
+    ref = tracker.initialize(frames[0], load_first_mask(labels[0]))
+    assert ref.is_reference
+    for obj in tracker.objects:
+        assert obj.weights.shape == (3,)
+        assert torch.isclose(obj.weights.sum(), torch.tensor(1.0), atol=1e-5)
+        assert not torch.allclose(obj.weights, torch.full((3,), 1 / 3))  # moved from the start
+    with torch.no_grad():
+        res = tracker.step(frames[1], 1)
+    assert res.label_map.shape == (H, W) and set(res.scores) == {2, 3, 7}
+
+
+def test_bad_tracking_inputs(scene, tmp_path):
+    frames, labels = scene
+    model = ColourBackbone()
+    with pytest.raises(InputError, match="no object"):
+        list(track(model, frames, np.zeros((H, W), np.uint8)))
+    with pytest.raises(InputError, match="mask is 64x48 but the video frames are 128x96"):
+        list(track(model, frames, np.ones((48, 64), np.uint8)))
+    with pytest.raises(InputError, match="beyond the end"):
+        list(track(model, frames, labels[0], start=len(frames)))
+    png = write_palette_png(tmp_path / "small.png", np.ones((48, 64), np.uint8))
+    with pytest.raises(InputError, match=r"small\.png: mask is 64x48"):
+        list(track(model, frames, png))
+    with pytest.raises(ValueError, match="method"):
+        VideoTracker(model, method="sam2")
+
+
+def test_tracks_a_video_file_with_both_decoders(scene, tmp_path, monkeypatch):
+    frames, labels = scene
+    video = write_video(tmp_path / "scene.mp4", frames)
+    mask = write_palette_png(tmp_path / "first.png", labels[0])
+    with_decord = list(track(ColourBackbone(), video, mask))
+    monkeypatch.setitem(sys.modules, "decord", None)  # as if decord were not installed
+    with_opencv = list(track(ColourBackbone(), video, mask))
+    assert [r.index for r in with_decord] == [r.index for r in with_opencv] == list(range(len(frames)))
+    for a, b in zip(with_decord[1:], with_opencv[1:], strict=True):
+        for oid in (3, 7):
+            # Lossy colour subsampling blurs the edges of the (partly occluded) objects.
+            assert iou(a.label_map == oid, labels[a.index] == oid) > 0.7
+            assert iou(a.label_map == oid, b.label_map == oid) > 0.95
+
+
+# ------------------------------------------------------------------------------------ video I/O
+def test_decord_and_opencv_read_the_same_frames(scene, tmp_path, monkeypatch):
+    frames, _ = scene
+    for suffix in (".mp4", ".avi"):
+        path = write_video(tmp_path / f"v{suffix}", frames)
+        src = open_video(path)
+        assert src.info.backend == "decord"
+        assert src.info.num_frames == len(frames) and src.info.fps == pytest.approx(FPS)
+        assert src.info.size == (H, W)
+        dec = list(src.frames())
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "decord", None)
+            cv = open_video(path)
+            assert cv.info.backend == "opencv"
+            assert cv.info.num_frames == len(frames) and cv.info.fps == pytest.approx(FPS)
+            ocv = list(cv.frames())
+        assert [i for i, _ in dec] == [i for i, _ in ocv] == list(range(len(frames)))
+        for (i, a), (_, b) in zip(dec, ocv, strict=True):
+            assert a.dtype == np.uint8 and a.shape == (H, W, 3)
+            # Lossy codec: close to what was written, in order (each frame nearest its original).
+            err = [np.abs(a.astype(int) - f).mean() for f in frames]
+            assert int(np.argmin(err)) == i and err[i] < 8
+            assert np.abs(a.astype(int) - b).mean() < 3
+
+
+def test_opencv_stride_and_start(scene, tmp_path, monkeypatch):
+    frames, _ = scene
+    path = write_video(tmp_path / "v.mp4", frames)
+    monkeypatch.setitem(sys.modules, "decord", None)
+    got = list(open_video(path).frames(start=1, stride=3))
+    assert [i for i, _ in got] == [1, 4, 7]
+    with pytest.raises(InputError, match="beyond the end"):
+        list(open_video(path).frames(start=50))
+
+
+def test_frame_folder_natural_order(scene, tmp_path):
+    frames, _ = scene
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(len(frames)):  # frame0, frame5, frame10, ...: natural, not lexicographic order
+        Image.fromarray(frames[i]).save(folder / f"frame{5 * i}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    src = open_video(folder)
+    assert src.info.backend == "folder" and src.info.num_frames == len(frames)
+    assert src.info.names == [f"frame{5 * i}" for i in range(len(frames))]
+    for i, f in src.frames():
+        assert np.array_equal(f, frames[i])
+
+
+def test_bad_videos(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 20)
+    empty = tmp_path / "empty.mp4"
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (W, H))
+    writer.release()  # a container without frames
+    for decord_missing in (False, True):
+        with monkeypatch.context() as m:
+            if decord_missing:
+                m.setitem(sys.modules, "decord", None)
+            for path in (bad, empty, tmp_path / "missing.mp4"):
+                with pytest.raises(InputError, match=path.name) as e:
+                    open_video(path)
+                assert "\n" not in str(e.value)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="no frame images"):
+        open_video(tmp_path / "nothing")
+
+
+def test_first_mask_kinds(tmp_path):
+    labels = np.zeros((H, W), np.uint8)
+    labels[10:20, 10:20] = 4
+    labels[30:50, 60:90] = 9
+    palette = list(DAVIS_PALETTE)
+    palette[4 * 3 : 4 * 3 + 3] = [1, 2, 3]
+    first = load_first_mask(write_palette_png(tmp_path / "ids.png", labels, palette), size=(H, W))
+    assert first.object_ids == [4, 9] and first.palette[:768] == palette
+    assert np.array_equal(first.label_map, labels)
+    binary = tmp_path / "binary.png"
+    Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(binary)
+    first = load_first_mask(binary)
+    assert first.object_ids == [1] and first.palette is None and np.array_equal(first.masks[0], labels > 0)
+    a, b = labels == 4, labels == 9
+    first = load_first_mask([a, b])
+    assert first.object_ids == [1, 2] and np.array_equal(first.label_map, a * 1 + b * 2)
+    with pytest.raises(InputError, match="no object"):
+        load_first_mask(np.zeros((H, W), np.uint8))
+    with pytest.raises(InputError, match="mask 1: the mask holds no object"):
+        load_first_mask([a, np.zeros_like(a)])
+    with pytest.raises(InputError, match=r"ids\.png: mask is 128x96 but the video frames are 64x48"):
+        load_first_mask(tmp_path / "ids.png", size=(48, 64))
+
+
+def test_davis_sequence(tmp_path, scene):
+    frames, labels = scene
+    seq = tmp_path / "DAVIS" / "JPEGImages" / "480p" / "toy"
+    ann = tmp_path / "DAVIS" / "Annotations" / "480p" / "toy"
+    seq.mkdir(parents=True)
+    ann.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(frames[i]).save(seq / f"{i:05d}.jpg")
+    write_palette_png(ann / "00000.png", labels[0])
+    folder, mask = davis_sequence(tmp_path / "DAVIS", "toy")
+    assert folder == seq and mask == ann / "00000.png"
+    with pytest.raises(InputError, match="missing"):
+        davis_sequence(tmp_path / "DAVIS", "missing")
+
+
+def test_result_writer_commits_atomically(tmp_path, scene):
+    frames, labels = scene
+    out = tmp_path / "out" / "seq"
+    overlay = tmp_path / "vis" / "overlay.mp4"
+    with ResultWriter(out, palette=DAVIS_PALETTE, overlay=overlay, fps=12.0, metadata={"video": "x"}) as w:
+        for i in range(4):
+            w.write(f"{i:05d}", labels[i], frames[i], {"index": i})
+            assert not (out / f"{i:05d}.png").exists() and not overlay.exists()  # staged until the end
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+        "00003.png",
+        "scores.json",
+    ]
+    im = Image.open(out / "00002.png")
+    assert im.mode == "P" and im.getpalette()[:768] == DAVIS_PALETTE
+    assert np.array_equal(np.asarray(im), labels[2])
+    cap = cv2.VideoCapture(str(overlay))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0) and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+    assert sorted(p.name for p in overlay.parent.iterdir()) == ["overlay.mp4"]
+
+
+def test_result_writer_leaves_nothing_on_error(tmp_path, scene):
+    frames, labels = scene
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    for out in (tmp_path / "new" / "deeper", existing):
+        overlay = tmp_path / "ovl" / "o.mp4"
+        with pytest.raises(RuntimeError, match="boom"):
+            with ResultWriter(out, overlay=overlay) as w:
+                w.write("00000", labels[0], frames[0], {})
+                raise RuntimeError("boom")
+        assert not (tmp_path / "new").exists() and not (tmp_path / "ovl").exists()
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
+
+
+def test_prefetcher_propagates_errors_and_stops_early():
+    def gen():
+        yield 1
+        yield 2
+        raise InputError("frame 3: broken")
+
+    it = iter(Prefetcher(gen(), maxsize=1))
+    assert next(it) == 1 and next(it) == 2
+    with pytest.raises(InputError, match="broken"):
+        next(it)
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    p = Prefetcher(endless(), maxsize=2)
+    it = iter(p)
+    assert next(it) == 0
+    it.close()
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n and n <= 5  # bounded read-ahead, and the thread stopped
+    assert not any(t.name == "persam-frame-reader" and t.is_alive() for t in threading.enumerate())
+
+
+def test_frame_result_record():
+    r = FrameResult(3, np.zeros((2, 2), np.uint8), [1, 2], {1: 0.5, 2: None}, {1: True, 2: False},
+                    {1: (0, 0, 1, 1), 2: None})  # fmt: skip
+    rec = r.to_record()
+    assert rec == {
+        "index": 3,
+        "reference": False,
+        "objects": {
+            "1": {"present": True, "score": 0.5, "box": [0, 0, 1, 1]},
+            "2": {"present": False, "score": None, "box": None},
+        },
+    }
