@@ -426,7 +426,6 @@ class DemoEngine:
         self.max_concepts = max_concepts
         self._concepts: OrderedDict[str, Any] = OrderedDict()
         self.concepts_learned = 0  # how many times a concept was learned (the rest were reused)
-        self._encoded: str | None = None  # which photo the backbone holds, while clicks reuse it
 
     # -- files
     def new_result_dir(self, max_age_s: float = 3600.0) -> Path:
@@ -457,17 +456,9 @@ class DemoEngine:
         labels = np.array([c[2] for c in clicks], np.int64)
         with self.lock:
             model = self.cache.get(settings)
-            key = _digest(image) + repr(self.cache.key(settings))
             try:
-                if key == self._encoded:
-                    # The photo is still encoded from the previous click: only the decoder runs
-                    # (the same choice as mask_from_prompts: the best of 3 masks by predicted IoU).
-                    masks, scores, _, _ = model.predict(pts, labels, multimask_output=True)
-                    mask = masks[int(np.argmax(scores))]
-                else:
-                    self._encoded = None
-                    mask = mask_from_prompts(model, image, pts, labels)
-                    self._encoded = key
+                # The backbone keeps the photo encoded between clicks: only the decoder runs again.
+                mask = mask_from_prompts(model, image, pts, labels)
             except (InputError, ValueError) as e:
                 raise DemoError(f"Cannot segment the clicks: {_one_line(e)}") from None
         return np.asarray(mask, bool)
@@ -497,7 +488,6 @@ class DemoEngine:
             if key in self._concepts:
                 self._concepts.move_to_end(key)
                 return self._concepts[key]
-            self._encoded = None
             try:
                 concept = learn(model, image, mask, method=method)
             except (InputError, ValueError) as e:
@@ -549,7 +539,6 @@ class DemoEngine:
                 failed.append(f"{name} (not a readable image)")
                 continue
             with self.lock:
-                self._encoded = None
                 result = concept.segment(image)
             mask = np.asarray(result.mask, bool)
             pts = getattr(result, "points", None)
@@ -612,7 +601,6 @@ class DemoEngine:
         try:
             with self.lock, source, ResultWriter(out_dir / "masks", fps=source.info.fps) as results:
                 model = self.cache.get(settings)
-                self._encoded = None
                 for res in track(model, source, first_labels, method=method, keep_images=True):
                     if writer is None:
                         h, w = res.label_map.shape

@@ -56,6 +56,7 @@ def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threa
 
     encoder_s, encoder_cpu_s = [], []
     for i in range(warmup + repeats):
+        backbone.reset_image()  # the same image again would reuse its embedding
         _sync(device)
         t, c = time.perf_counter(), time.process_time()
         backbone.set_image(image)

@@ -393,8 +393,8 @@ def test_clicks_reuse_the_reference_embedding(tmp_path: Path) -> None:
     settings = demo.ModelSettings("sam_vit_b")
     model = engine.cache.get(settings)
     encoded = []
-    original = model.set_image
-    model.set_image = lambda image: (encoded.append(image.shape), original(image))[1]
+    original = model._encode_image
+    model._encode_image = lambda image: (encoded.append(image.shape), original(image))[1]
     img = scene()
     for clicks in ([(60, 45, 1)], [(60, 45, 1), (5, 90, 0)], [(60, 45, 1), (5, 90, 0), (70, 50, 1)]):
         assert engine.mask_from_clicks(settings, img, clicks).shape == (H, W)

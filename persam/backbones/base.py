@@ -10,10 +10,16 @@ stretch to 1024x1024), so algorithms never need to know which one they run on.
 Conventions: images are ``uint8`` RGB arrays of shape ``[H, W, 3]``; points are ``(x, y)`` =
 (column, row) in pixels of the original image; boxes are ``XYXY`` in original pixels; point labels
 are 1 (foreground) and 0 (background).
+
+Setting the image that is already set costs no encoder pass: :meth:`Backbone.set_image` compares
+a content fingerprint (:func:`image_fingerprint`) of the new image with that of the current one,
+so e.g. a reference mask drawn from clicks and the concept learned from it, or several concepts
+segmented one after the other in the same photo, share one encoding.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -35,8 +41,25 @@ class DecoderOutput:
     iou_predictions: torch.Tensor
 
 
+def image_fingerprint(image: np.ndarray) -> str:
+    """A cheap identity of an array's content: shape, dtype and a 128-bit BLAKE2b digest of its
+    bytes in C order (whatever the memory layout). Two arrays get the same fingerprint exactly
+    when they have the same shape, dtype and bytes (up to a hash collision, ~2^-64 for any two
+    arrays); hashing runs at memory speed, a small fraction of an encoder pass."""
+    a = np.ascontiguousarray(image)
+    if a.dtype.hasobject:
+        raise TypeError(f"cannot fingerprint an array of Python objects (dtype {a.dtype})")
+    digest = hashlib.blake2b(a.reshape(-1).view(np.uint8), digest_size=16).hexdigest()
+    return f"{a.dtype} {a.shape} {digest}"
+
+
 class Backbone(ABC):
     """A promptable segmentation model bound to at most one image at a time.
+
+    A subclass implements :meth:`_encode_image` (and extends :meth:`reset_image`); :meth:`set_image`
+    skips the encoder when the image is the one already set (same :func:`image_fingerprint`).
+    The encoding is tied to the model as it was at that time: after changing the weights, the
+    device or the compute dtype, call :meth:`reset_image`.
 
     Attributes:
         name: registry name of the model (``"sam_vit_b"``, ``"efficient_sam_vit_t"``, ...).
@@ -48,11 +71,32 @@ class Backbone(ABC):
     name: str
     model: nn.Module
     checkpoint_id: str
+    #: :func:`image_fingerprint` of the encoded image, None when there is none.
+    _image_key: str | None = None
 
     # ------------------------------------------------------------------ image
-    @abstractmethod
     def set_image(self, image: np.ndarray) -> None:
-        """Runs the image encoder once on ``image`` (``uint8 [H, W, 3]`` RGB) and keeps the result."""
+        """Makes ``image`` (``uint8 [H, W, 3]`` RGB) the current image: runs the image encoder
+        once and keeps the result, unless the same image (same content, shape and dtype) is
+        already set."""
+        image = np.asarray(image)
+        # Object arrays are never valid images: the encoder step rejects them with a clear error.
+        key = None if image.dtype.hasobject else image_fingerprint(image)
+        if key is not None and key == self._image_key:
+            return
+        self._image_key = None  # an encoder that fails leaves no image set
+        self._encode_image(image)
+        self._image_key = key
+
+    def _encode_image(self, image: np.ndarray) -> None:
+        """Checks ``image``, runs the image encoder on it and stores what :attr:`features` and
+        the geometry need (called by :meth:`set_image` for a new image only)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _encode_image nor set_image")
+
+    def reset_image(self) -> None:
+        """Forgets the current image; the next :meth:`set_image` encodes again, even the same
+        image. A subclass also drops its stored encoder output (then calls this)."""
+        self._image_key = None
 
     @property
     @abstractmethod

@@ -95,7 +95,7 @@ class EfficientSamBackbone(Backbone):
         return self.model.preprocess(x)
 
     @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
+    def _encode_image(self, image: np.ndarray) -> None:
         """Runs the encoder (under autocast for bfloat16 / float16); features are kept in float32."""
         image = _check_image(image)
         x = self.preprocess_image(image)
@@ -105,6 +105,8 @@ class EfficientSamBackbone(Backbone):
         self._original_size = (int(image.shape[0]), int(image.shape[1]))
 
     def reset_image(self) -> None:
+        """Forgets the current image and frees its embedding."""
+        super().reset_image()
         self._features = None
         self._original_size = None
 

@@ -73,8 +73,7 @@ class SamBackbone(Backbone):
         return self.model.preprocess(x)
 
     @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        image = np.asarray(image)
+    def _encode_image(self, image: np.ndarray) -> None:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"image must be a uint8 [H, W, 3] RGB array, got {image.dtype} {image.shape}")
         if min(image.shape[:2]) < 1:
@@ -85,6 +84,13 @@ class SamBackbone(Backbone):
         self._features = features.float()
         self._original_size = (int(image.shape[0]), int(image.shape[1]))
         self._input_size = self.transform.target_size(self._original_size)
+
+    def reset_image(self) -> None:
+        """Forgets the current image and frees its embedding."""
+        super().reset_image()
+        self._features = None
+        self._original_size = None
+        self._input_size = None
 
     def _require_image(self) -> None:
         if self._features is None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from persam.backbones.base import Backbone
+from persam.models.common import init_constant_buffers
 
 _SAM_MODELS = "persam.models.sam"
 _EFFICIENT_SAM_MODELS = "persam.models.efficient_sam"
@@ -94,29 +95,38 @@ def _config_family(cfg: dict[str, Any]) -> str:
     )
 
 
-def _from_config(cfg: dict[str, Any]) -> tuple[nn.Module, str]:
-    """Module and backbone class path for a config dict."""
+@dataclass(frozen=True)
+class _Spec:
+    """A validated model argument: how to build the module, and what to call it."""
+
+    build: Callable[[], nn.Module]
+    name: str
+    backbone: str
+    registry_name: str | None
+
+
+def _config_spec(cfg: dict[str, Any], name: str) -> _Spec:
     if _config_family(cfg) == "efficient_sam":
-        return _resolve(f"{_EFFICIENT_SAM_MODELS}:efficient_sam_from_config")(cfg), _EFFICIENT_SAM_BACKBONE
-    return _resolve(f"{_SAM_MODELS}:sam_from_config")(cfg), _SAM_BACKBONE
+        builder = _resolve(f"{_EFFICIENT_SAM_MODELS}:efficient_sam_from_config")
+        return _Spec(lambda: builder(cfg), name, _EFFICIENT_SAM_BACKBONE, None)
+    builder = _resolve(f"{_SAM_MODELS}:sam_from_config")
+    return _Spec(lambda: builder(cfg), name, _SAM_BACKBONE, None)
 
 
-def _build(name_or_config: str | Path | dict) -> tuple[nn.Module, str, str, str | None]:
-    """Returns ``(module, name, backbone class path, registry name or None)``."""
+def _spec(name_or_config: str | Path | dict) -> _Spec:
+    """Reads and checks a registry name, JSON config file or config dict without building anything."""
     if isinstance(name_or_config, dict):
-        module, backbone = _from_config(name_or_config)
-        return module, str(name_or_config.get("name", "custom")), backbone, None
+        return _config_spec(name_or_config, str(name_or_config.get("name", "custom")))
     key = str(name_or_config)
     if not isinstance(name_or_config, Path) and key in _REGISTRY:
         entry = _REGISTRY[key]
-        return entry.build(), key, entry.backbone, key
+        return _Spec(entry.build, key, entry.backbone, key)
     path = Path(key).expanduser()
     if path.suffix.lower() == ".json" or path.is_file():
         if not path.is_file():
             raise ValueError(f"{path}: model config file not found")
         cfg = _load_config(path)
-        module, backbone = _from_config(cfg)
-        return module, str(cfg.get("name", path.stem)), backbone, None
+        return _config_spec(cfg, str(cfg.get("name", path.stem)))
     raise ValueError(
         f"unknown model {key!r}: expected one of {', '.join(list_models())} or a JSON config file"
     )
@@ -124,7 +134,7 @@ def _build(name_or_config: str | Path | dict) -> tuple[nn.Module, str, str, str 
 
 def build_module(name_or_config: str | Path | dict) -> nn.Module:
     """A randomly initialised module from a registry name, a JSON config file or a config dict."""
-    return _build(name_or_config)[0]
+    return _spec(name_or_config).build()
 
 
 def _config_seed(name_or_config: str | Path | dict) -> int:
@@ -172,21 +182,85 @@ def build_model(
         seed: seed of the random initialisation (default: the config's ``_init.seed``, else 0).
             Random models are therefore reproducible, and their ``checkpoint_id``
             (``"random:<name>:<seed>"``) tells two differently seeded ones apart.
+
+    With a checkpoint, the file is found (downloaded for ``"auto"``) and read before anything is
+    built, so a missing or corrupt file fails at once; the module is then built on the ``meta``
+    device (no random initialisation, no memory) and takes the checkpoint tensors themselves, so
+    the weights are held once.
+
+    Raises:
+        ValueError: unknown model, bad config or dtype.
+        persam.weights.WeightsError: checkpoint missing, unreadable or not for this model.
     """
     compute_dtype = _as_dtype(dtype)
-    if seed is None:
-        seed = _config_seed(name_or_config)
-    # Seeded without touching the caller's global random state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module, name, backbone_path, registry_name = _build(name_or_config)
-    checkpoint_id = f"random:{name}:{seed}"
+    spec = _spec(name_or_config)
     if checkpoint is not None and str(checkpoint).lower() != "none":
-        from persam.weights import checkpoint_identity, load_into, read_state_dict, resolve_checkpoint
-
-        path = resolve_checkpoint(registry_name, checkpoint)
-        load_into(module, read_state_dict(path), path, name)
-        checkpoint_id = checkpoint_identity(path)
+        module, checkpoint_id = _build_from_checkpoint(spec, checkpoint)
+    else:
+        if seed is None:
+            seed = _config_seed(name_or_config)
+        # Seeded without touching the caller's global random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = spec.build()
+        checkpoint_id = f"random:{spec.name}:{seed}"
     module = module.to(torch.device(device))
-    backbone_cls = _resolve(backbone_path)
-    return backbone_cls(module, name, checkpoint_id, dtype=compute_dtype)
+    backbone_cls = _resolve(spec.backbone)
+    return backbone_cls(module, spec.name, checkpoint_id, dtype=compute_dtype)
+
+
+def _build_from_checkpoint(spec: _Spec, checkpoint: str | Path) -> tuple[nn.Module, str]:
+    """``(module on the CPU holding the checkpoint's tensors, checkpoint id)``."""
+    from persam.weights import checkpoint_identity, load_into, read_state_dict, resolve_checkpoint
+
+    path = resolve_checkpoint(spec.registry_name, checkpoint)
+    state_dict = read_state_dict(path)
+    with torch.device("meta"):
+        module = spec.build()
+    load_into(module, _cast_like(state_dict, module), path, spec.name)
+    del state_dict  # the module now holds the tensors
+    materialize_constants(module)
+    return module, checkpoint_identity(path)
+
+
+def _cast_like(state_dict: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """Floating-point entries converted to the dtype of the module's tensor of the same key.
+
+    Assigning (instead of copying into) the module's tensors would otherwise keep e.g. a
+    half-precision checkpoint in half precision; other entries are left for ``load_into`` to check.
+    """
+    expected = module.state_dict()
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        want = expected.get(key)
+        if (
+            want is not None
+            and value.dtype != want.dtype
+            and value.is_floating_point()
+            and want.is_floating_point()
+        ):
+            out[key] = value.to(want.dtype)
+    return out
+
+
+def materialize_constants(module: nn.Module) -> None:
+    """Recreates the non-persistent buffers of a module loaded with ``assign=True`` on the device of
+    its parameters (see :func:`persam.models.common.init_constant_buffers`), and checks that no
+    tensor is left on the ``meta`` device.
+
+    Raises:
+        RuntimeError: naming a tensor that neither the checkpoint nor the module could provide.
+    """
+    device = next(module.parameters()).device
+    init = getattr(module, "init_constant_buffers", None)
+    if callable(init):
+        init(device)
+    else:
+        init_constant_buffers(module, device)
+    for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for key, t in tensors:
+            if t.is_meta:
+                raise RuntimeError(
+                    f"{type(module).__name__}: {kind} {key} was not loaded from the checkpoint and has no "
+                    "init_constant_buffers() to recreate it"
+                )

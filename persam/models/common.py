@@ -6,6 +6,23 @@ import torch
 from torch import nn
 
 
+def init_constant_buffers(module: nn.Module, device: torch.device | str | None = None) -> None:
+    """Recreates the non-persistent buffers of ``module``'s descendants on ``device``.
+
+    Checkpoints do not hold non-persistent buffers (constants such as pixel statistics or index
+    tables), so a module built on the ``meta`` device and loaded with ``assign=True`` still has
+    them on ``meta``. Every module that registers such buffers defines
+    ``init_constant_buffers(device)``, responsible for its whole subtree; this walks the children
+    and calls it on the first one of each branch that defines it.
+    """
+    for child in module.children():
+        init = getattr(child, "init_constant_buffers", None)
+        if callable(init):
+            init(device)
+        else:
+            init_constant_buffers(child, device)
+
+
 class MLPBlock(nn.Module):
     """Two-layer transformer MLP ``lin2(act(lin1(x)))`` acting on the last dimension."""
 

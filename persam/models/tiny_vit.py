@@ -13,7 +13,8 @@ A 4-stage hierarchical network (Wu et al., "TinyViT", ECCV 2022) as modified by 
 State-dict keys match the official MobileSAM checkpoint (``weights/mobile_sam.pt``), including the
 unused classification head ``norm_head`` / ``head``. The relative-position index table
 ``attention_bias_idxs`` is a non-persistent buffer computed without reading tensor values, so the
-model can be built on ``torch.device("meta")``.
+model can be built on ``torch.device("meta")`` (then :meth:`Attention.init_constant_buffers`
+recreates it on a real device).
 """
 
 from __future__ import annotations
@@ -180,6 +181,12 @@ class Attention(nn.Module):
         # the meta device (then ``to_empty`` / ``load_state_dict(assign=True)``) is usable.
         self.register_load_state_dict_post_hook(_rebuild_bias_index)
 
+    def init_constant_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recomputes ``attention_bias_idxs`` on ``device`` (default: that of ``attention_biases``)."""
+        if device is None:
+            device = self.attention_biases.device
+        self.attention_bias_idxs = attention_bias_index(*self.resolution, device=device)
+
     def attention_bias(self) -> torch.Tensor:
         """``[num_heads, N, N]`` additive attention bias gathered from ``attention_biases``."""
         return self.attention_biases[:, self.attention_bias_idxs]
@@ -199,8 +206,7 @@ class Attention(nn.Module):
 
 def _rebuild_bias_index(module: nn.Module, incompatible_keys: object) -> None:
     attn: Attention = module  # type: ignore[assignment]
-    device = attn.attention_biases.device
-    attn.attention_bias_idxs = attention_bias_index(*attn.resolution, device=device)
+    attn.init_constant_buffers()
 
 
 class Mlp(nn.Module):
