@@ -74,8 +74,9 @@ class _Server:
                 if server.truncate_after is not None:
                     chunk = chunk[: server.truncate_after]
                     self.close_connection = True
-                self.wfile.write(chunk)
+                # Recorded before writing: the client may finish reading before write() returns.
                 record["sent"] = len(chunk)
+                self.wfile.write(chunk)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
