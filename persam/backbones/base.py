@@ -19,6 +19,7 @@ segmented one after the other in the same photo, share one encoding.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from persam.io import InputError
+
+#: Compute dtypes that run the image encoder under ``torch.autocast``.
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -39,6 +45,16 @@ class DecoderOutput:
 
     low_res_logits: torch.Tensor
     iou_predictions: torch.Tensor
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """``image`` if it is a non-empty ``uint8 [H, W, 3]`` array, else an :class:`InputError`."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"image must be a uint8 [H, W, 3] RGB array, got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) < 1:
+        raise InputError(f"image is empty (shape {image.shape})")
+    return image
 
 
 def image_fingerprint(image: np.ndarray) -> str:
@@ -56,23 +72,41 @@ def image_fingerprint(image: np.ndarray) -> str:
 class Backbone(ABC):
     """A promptable segmentation model bound to at most one image at a time.
 
-    A subclass implements :meth:`_encode_image` (and extends :meth:`reset_image`); :meth:`set_image`
-    skips the encoder when the image is the one already set (same :func:`image_fingerprint`).
-    The encoding is tied to the model as it was at that time: after changing the weights, the
-    device or the compute dtype, call :meth:`reset_image`.
+    A subclass implements :meth:`preprocess_image` (its image geometry), the decoder calls and the
+    post-processing; :meth:`set_image` runs the encoder, and skips it when the image is the one
+    already set (same :func:`image_fingerprint`). The encoding is tied to the model as it was at
+    that time: after changing the weights, the device or the compute dtype, call
+    :meth:`reset_image`.
 
-    Attributes:
+    Args:
+        module: the model, with ``image_encoder`` and ``prompt_encoder`` sub-modules; it is put in
+            eval mode and its parameters are frozen.
         name: registry name of the model (``"sam_vit_b"``, ``"efficient_sam_vit_t"``, ...).
-        model: the underlying ``nn.Module`` (frozen, eval mode).
-        checkpoint_id: identity of the loaded weights (sha256 of the checkpoint file, or a
-            description such as ``"random"``), stored in concept files.
+        checkpoint_id: identity of the loaded weights (sha256 of the checkpoint file, or
+            ``"random:<name>:<seed>"``), stored in concept files.
+        dtype: compute dtype of the image encoder. ``bfloat16`` / ``float16`` run it under
+            ``torch.autocast`` (weights stay float32); features are stored as float32 and the
+            prompt encoder / mask decoder run in float32.
     """
 
     name: str
     model: nn.Module
     checkpoint_id: str
+    dtype: torch.dtype = torch.float32
     #: :func:`image_fingerprint` of the encoded image, None when there is none.
     _image_key: str | None = None
+    _features: torch.Tensor | None = None
+    _original_size: tuple[int, int] | None = None
+
+    def __init__(self, module: nn.Module, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32):
+        if dtype not in (torch.float32, *AUTOCAST_DTYPES):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+        self.model = module.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.name = name
+        self.checkpoint_id = checkpoint_id
+        self.dtype = dtype
 
     # ------------------------------------------------------------------ image
     def set_image(self, image: np.ndarray) -> None:
@@ -88,25 +122,60 @@ class Backbone(ABC):
         self._encode_image(image)
         self._image_key = key
 
+    def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` RGB -> the encoder input ``[1, 3, S, S]`` float32 on the model's
+        device (the backbone's image geometry; a wrapper that delegates :meth:`set_image` to
+        another backbone need not implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement preprocess_image")
+
+    @torch.no_grad()
     def _encode_image(self, image: np.ndarray) -> None:
-        """Checks ``image``, runs the image encoder on it and stores what :attr:`features` and
-        the geometry need (called by :meth:`set_image` for a new image only)."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither _encode_image nor set_image")
+        """Checks ``image``, runs the image encoder on it (under autocast for bfloat16 / float16)
+        and keeps the features as float32 (called by :meth:`set_image` for a new image only)."""
+        image = check_image(image)
+        x = self.preprocess_image(image)
+        with self._autocast():
+            features = self.model.image_encoder(x)
+        self._features = features.float()
+        self._original_size = (int(image.shape[0]), int(image.shape[1]))
 
     def reset_image(self) -> None:
-        """Forgets the current image; the next :meth:`set_image` encodes again, even the same
-        image. A subclass also drops its stored encoder output (then calls this)."""
+        """Forgets the current image and frees its embedding; the next :meth:`set_image` encodes
+        again, even the same image."""
         self._image_key = None
+        self._features = None
+        self._original_size = None
+
+    def _require_image(self) -> None:
+        if self._features is None:
+            raise RuntimeError("no image set: call set_image(image) first")
 
     @property
-    @abstractmethod
     def features(self) -> torch.Tensor:
         """Image embedding of the current image, ``[1, C, h, w]`` float32 (``h = w = 64``)."""
+        self._require_image()
+        return self._features
 
     @property
-    @abstractmethod
     def original_size(self) -> tuple[int, int]:
         """``(H, W)`` of the current image."""
+        self._require_image()
+        return self._original_size
+
+    @property
+    def image_embedding_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the image embedding grid (64, 64)."""
+        return tuple(self.model.prompt_encoder.image_embedding_size)
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of the image embedding and of the decoder tokens."""
+        return int(self.model.prompt_encoder.embed_dim)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype in AUTOCAST_DTYPES:
+            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
 
     @property
     def device(self) -> torch.device:

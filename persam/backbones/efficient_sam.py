@@ -22,48 +22,21 @@ SAM uses ``logits > 0``; use :meth:`EfficientSamBackbone.binarize`.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from persam.backbones.base import Backbone, DecoderOutput
-from persam.io import InputError
+from persam.backbones.base import Backbone, DecoderOutput, check_image
 
 BOX_TOP_LEFT_LABEL = 2
 BOX_BOTTOM_RIGHT_LABEL = 3
 
-_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
 
 class EfficientSamBackbone(Backbone):
-    """An EfficientSAM model bound to at most one image at a time.
-
-    Args:
-        module: an :class:`persam.models.efficient_sam.EfficientSam` (moved to its device by the
-            caller; put in eval mode and frozen here).
-        name: registry name (``"efficient_sam_vit_t"``, ...).
-        checkpoint_id: identity of the loaded weights.
-        dtype: compute dtype of the image encoder. ``bfloat16`` / ``float16`` run it under
-            ``torch.autocast`` (weights stay float32); features are stored as float32 and the
-            prompt encoder / mask decoder run in float32.
-    """
+    """An :class:`~persam.models.efficient_sam.EfficientSam` module bound to one image at a time;
+    the arguments are those of :class:`~persam.backbones.base.Backbone`."""
 
     mask_threshold: float = 0.0
-
-    def __init__(self, module: nn.Module, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32):
-        if dtype not in (torch.float32, *_AUTOCAST_DTYPES):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-        self.model = module.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.name = name
-        self.checkpoint_id = checkpoint_id
-        self.dtype = dtype
-        self._features: torch.Tensor | None = None
-        self._original_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ image
     @property
@@ -71,56 +44,13 @@ class EfficientSamBackbone(Backbone):
         """Side of the square encoder input (1024)."""
         return int(self.model.img_size)
 
-    @property
-    def image_embedding_size(self) -> tuple[int, int]:
-        """``(h, w)`` of the image embedding grid (64, 64)."""
-        return tuple(self.model.prompt_encoder.image_embedding_size)
-
-    @property
-    def embed_dim(self) -> int:
-        """Channels of the image embedding and of the decoder tokens."""
-        return int(self.model.prompt_encoder.embed_dim)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype in _AUTOCAST_DTYPES:
-            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-        return contextlib.nullcontext()
-
     def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
         """uint8 ``[H, W, 3]`` RGB -> ``[1, 3, S, S]`` float32 encoder input: ``uint8 / 255``,
         anisotropic bilinear stretch, mean/std normalisation."""
-        image = _check_image(image)
+        image = check_image(image)
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1)[None].to(torch.float32) / 255.0
         return self.model.preprocess(x)
-
-    @torch.no_grad()
-    def _encode_image(self, image: np.ndarray) -> None:
-        """Runs the encoder (under autocast for bfloat16 / float16); features are kept in float32."""
-        image = _check_image(image)
-        x = self.preprocess_image(image)
-        with self._autocast():
-            features = self.model.image_encoder(x)
-        self._features = features.float()
-        self._original_size = (int(image.shape[0]), int(image.shape[1]))
-
-    def reset_image(self) -> None:
-        """Forgets the current image and frees its embedding."""
-        super().reset_image()
-        self._features = None
-        self._original_size = None
-
-    @property
-    def features(self) -> torch.Tensor:
-        if self._features is None:
-            raise RuntimeError("no image set: call set_image() first")
-        return self._features
-
-    @property
-    def original_size(self) -> tuple[int, int]:
-        if self._original_size is None:
-            raise RuntimeError("no image set: call set_image() first")
-        return self._original_size
 
     # ---------------------------------------------------------------- decoder
     def prompt_points(
@@ -221,14 +151,3 @@ class EfficientSamBackbone(Backbone):
     def binarize(self, logits: torch.Tensor) -> torch.Tensor:
         """Boolean masks from logits: ``logits >= mask_threshold`` (EfficientSAM's convention)."""
         return logits >= self.mask_threshold
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(f"image must be a uint8 [H, W, 3] RGB array, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image must be a uint8 [H, W, 3] RGB array, got dtype {image.dtype}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InputError(f"image is empty: shape {image.shape}")
-    return image

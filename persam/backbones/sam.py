@@ -8,103 +8,40 @@ padded frame) are brought back by bilinear up-sampling, cropping and bilinear re
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from persam.backbones.base import Backbone, DecoderOutput
-from persam.io import InputError
 from persam.models.sam import Sam
 from persam.transforms import ResizeLongestSide, resize_uint8
 
-_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
 
 class SamBackbone(Backbone):
-    """A :class:`Sam` module bound to one image at a time.
-
-    Args:
-        module: the model; it is put in eval mode and its parameters are frozen.
-        name: registry name (``"sam_vit_h"``, ``"mobile_sam_vit_t"``, ...).
-        checkpoint_id: identity of the weights (sha256 of the checkpoint file or ``"random"``).
-        dtype: compute dtype of the image encoder. ``bfloat16`` / ``float16`` run it under
-            ``torch.autocast`` (weights stay float32); features are always stored as float32 and
-            the prompt encoder / mask decoder run in float32.
-    """
+    """A :class:`Sam` module (SAM ViT-B/L/H or MobileSAM) bound to one image at a time; the
+    arguments are those of :class:`~persam.backbones.base.Backbone`."""
 
     def __init__(
         self, module: Sam, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32
     ) -> None:
-        if dtype not in (torch.float32, *_AUTOCAST_DTYPES):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-        self.model = module.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.name = name
-        self.checkpoint_id = checkpoint_id
-        self.dtype = dtype
+        super().__init__(module, name, checkpoint_id, dtype)
         self.transform = ResizeLongestSide(self.model.img_size)
-        self._features: torch.Tensor | None = None
-        self._original_size: tuple[int, int] | None = None
         self._input_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ image
-    @property
-    def image_embedding_size(self) -> tuple[int, int]:
-        """``(h, w)`` of the image embedding grid (64, 64)."""
-        return tuple(self.model.prompt_encoder.image_embedding_size)
-
-    @property
-    def embed_dim(self) -> int:
-        """Channels of the image embedding and of the decoder tokens."""
-        return int(self.model.prompt_encoder.embed_dim)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype in _AUTOCAST_DTYPES:
-            return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-        return contextlib.nullcontext()
-
     def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
         """uint8 ``[H, W, 3]`` -> normalised, padded encoder input ``[1, 3, 1024, 1024]`` float32."""
         resized = self.transform.apply_image(image)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         return self.model.preprocess(x)
 
-    @torch.no_grad()
     def _encode_image(self, image: np.ndarray) -> None:
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"image must be a uint8 [H, W, 3] RGB array, got {image.dtype} {image.shape}")
-        if min(image.shape[:2]) < 1:
-            raise InputError(f"image is empty (shape {image.shape})")
-        x = self.preprocess_image(image)
-        with self._autocast():
-            features = self.model.image_encoder(x)
-        self._features = features.float()
-        self._original_size = (int(image.shape[0]), int(image.shape[1]))
+        super()._encode_image(image)
         self._input_size = self.transform.target_size(self._original_size)
 
     def reset_image(self) -> None:
-        """Forgets the current image and frees its embedding."""
         super().reset_image()
-        self._features = None
-        self._original_size = None
         self._input_size = None
-
-    def _require_image(self) -> None:
-        if self._features is None:
-            raise RuntimeError("no image set: call set_image(image) first")
-
-    @property
-    def features(self) -> torch.Tensor:
-        self._require_image()
-        return self._features
-
-    @property
-    def original_size(self) -> tuple[int, int]:
-        self._require_image()
-        return self._original_size
 
     @property
     def input_size(self) -> tuple[int, int]:
