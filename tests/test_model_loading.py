@@ -277,3 +277,19 @@ def test_checkpoint_build_on_cuda_has_every_tensor_there(family, tmp_path, monke
     on_cpu = build_model(copy.deepcopy(cfg), checkpoint=path)
     for x, y in zip(_outputs(on_gpu, (0,)), _outputs(on_cpu, (0,)), strict=True):
         torch.testing.assert_close(x.cpu(), y, atol=1e-3, rtol=1e-3)
+
+
+def test_random_test_models_are_buildable_by_name_but_not_listed():
+    from persam.models.configs import random_model_config, random_model_names
+
+    assert random_model_names() == ["tiny_random_efficient_sam", "tiny_random_mobile_sam", "tiny_random_sam"]
+    assert not set(random_model_names()) & set(list_models())
+    for name in random_model_names():
+        bb = build_model(name, checkpoint="none")
+        assert bb.name == name and bb.checkpoint_id == f"random:{name}:0"
+    # Each call returns a fresh copy: editing one does not change the next.
+    cfg = random_model_config("tiny_random_sam")
+    cfg["image_encoder"]["depth"] = 99
+    assert random_model_config("tiny_random_sam")["image_encoder"]["depth"] == 2
+    with pytest.raises(ValueError, match="unknown random test model"):
+        random_model_config("nope")

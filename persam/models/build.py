@@ -19,6 +19,7 @@ from torch import nn
 
 from persam.backbones.base import Backbone
 from persam.models.common import init_constant_buffers
+from persam.models.configs import random_model_config, random_model_names
 
 _SAM_MODELS = "persam.models.sam"
 _EFFICIENT_SAM_MODELS = "persam.models.efficient_sam"
@@ -67,7 +68,9 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`build_module` / :func:`build_model`."""
+    """Registered architectures with official checkpoints, accepted by :func:`build_module` /
+    :func:`build_model` (which also accept the small random test models of
+    :mod:`persam.models.configs`)."""
     return sorted(_REGISTRY)
 
 
@@ -121,6 +124,8 @@ def _spec(name_or_config: str | Path | dict) -> _Spec:
     if not isinstance(name_or_config, Path) and key in _REGISTRY:
         entry = _REGISTRY[key]
         return _Spec(entry.build, key, entry.backbone, key)
+    if not isinstance(name_or_config, Path) and key in random_model_names():
+        return _config_spec(random_model_config(key), key)
     path = Path(key).expanduser()
     if path.suffix.lower() == ".json" or path.is_file():
         if not path.is_file():
