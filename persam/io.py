@@ -2,14 +2,15 @@
 
 Images of any common kind (grayscale, RGBA, palette, 16-bit, EXIF-rotated JPEGs) become
 ``uint8 [H, W, 3]`` RGB arrays; masks (bool / 0-1 / 0-255 arrays, binary PNGs, palette PNGs,
-RGB-coloured PNGs) become boolean or integer label maps. Every failure is an :class:`InputError`
-whose message names the file and what is wrong with it.
+RGB-coloured PNGs, transparent cut-outs) become boolean or integer label maps. Every failure is an
+:class:`InputError` whose message names the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,14 @@ PathLike = str | os.PathLike
 
 class InputError(ValueError):
     """Bad user input (unreadable file, wrong size, empty mask, ...). The message is one line."""
+
+
+class OutputPathError(InputError, OSError):
+    """An output path that cannot be written (a file where a folder is needed, no permission).
+
+    It is both an :class:`InputError` (the path is the user's choice) and an :class:`OSError`
+    (what code writing files expects); the message is one line naming the path.
+    """
 
 
 def _open(path: PathLike) -> Image.Image:
@@ -102,9 +111,18 @@ def as_image(image: PathLike | np.ndarray, name: str | None = None) -> np.ndarra
 def load_label_map(path: PathLike) -> np.ndarray:
     """Reads a label PNG: palette indices for indexed PNGs, else the gray/first channel values.
 
+    A mask drawn as transparency (an RGBA / gray+alpha PNG whose alpha channel is not uniform, such
+    as a cut-out of the object exported from an image editor) is read from its alpha channel: the
+    object is every pixel at least half opaque (label 1). Its colour channels would otherwise turn
+    a white-on-transparent mask into the whole image.
+
     Returns an integer array ``[H, W]`` (uint8 or uint16).
     """
     im = _open(path)
+    if im.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(im.getchannel("A"))
+        if alpha.size and alpha.min() != alpha.max():
+            return (alpha >= 128).astype(np.uint8)
     if im.mode == "P":
         return np.asarray(im).copy()
     a = np.asarray(im)
@@ -173,7 +191,55 @@ def list_images(targets: list[PathLike] | PathLike) -> list[Path]:
             if not matches:
                 raise InputError(f"{t}: no such file, folder or glob match")
             out.extend(Path(m) for m in matches if Path(m).is_file())
-    return out
+    # A file named twice (``photos/ photos/a.jpg``, ``a.jpg ./a.jpg``) is listed once, first place kept.
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for q in out:
+        key = os.path.normcase(os.path.realpath(q))
+        if key not in seen:
+            seen.add(key)
+            unique.append(q)
+    return unique
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first component of ``path`` that exists but is not a folder (so ``path`` cannot be one)."""
+    for q in [*reversed(path.parents), path]:
+        if q.exists() and not q.is_dir():
+            return q
+        if not q.exists():
+            return None
+    return None
+
+
+def _make_dirs(folder: Path) -> None:
+    """``mkdir -p``, failing with a one-line :class:`OutputPathError` naming the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = _blocking_file(folder)
+        if blocker is not None:
+            raise OutputPathError(f"{folder}: cannot create folder, {blocker} is a file") from None
+        raise OutputPathError(f"{folder}: cannot create folder ({e.strerror or type(e).__name__})") from None
+
+
+def _create_temp(dst: Path) -> Path:
+    """Creates an empty, uniquely named file beside ``dst``.
+
+    Unlike :func:`tempfile.mkstemp` (always mode 0600), the file gets the permissions of any newly
+    created file (0666 minus the umask), which ``os.replace`` then gives the final file.
+    """
+    for _ in range(100):
+        tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part{dst.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise OutputPathError(f"{dst}: cannot write ({e.strerror or type(e).__name__})") from None
+        os.close(fd)
+        return tmp
+    raise OutputPathError(f"{dst}: cannot create a temporary file beside it")
 
 
 @contextmanager
@@ -183,10 +249,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     A crash or interrupt therefore never leaves a half-written file at ``path``.
     """
     dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part" + dst.suffix, dir=dst.parent)
-    os.close(fd)
-    tmp_p = Path(tmp)
+    _make_dirs(dst.parent)
+    tmp_p = _create_temp(dst)
     try:
         yield tmp_p
         os.replace(tmp_p, dst)
@@ -219,22 +283,50 @@ def save_image(path: PathLike, image: np.ndarray, quality: int = 90) -> None:
             im.save(tmp, format=fmt)
 
 
+def check_output_dir(path: PathLike) -> Path:
+    """Checks, without creating anything, that ``path`` is or can become a writable folder.
+
+    Commands call it before any slow work, and create the folder only when they write into it, so
+    a run that fails early leaves no empty output folder behind.
+
+    Raises:
+        OutputPathError: it (or a folder above it) is a file, or it cannot be created or written.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{p}: output folder is an existing file")
+    if p.is_dir():
+        _probe_writable(p)
+        return p
+    blocker = _blocking_file(p)
+    if blocker is not None:
+        raise OutputPathError(f"{p}: output folder cannot be created, {blocker} is a file")
+    existing = next(q for q in p.parents if q.exists())  # the root always exists
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{p}: output folder cannot be created ({existing} is not writable)")
+    return p
+
+
+def _probe_writable(folder: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".persam-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputPathError(
+            f"{folder}: output folder is not writable ({e.strerror or type(e).__name__})"
+        ) from None
+
+
 def ensure_output_dir(path: PathLike) -> Path:
     """Creates ``path`` (with parents) and checks that files can be created in it.
 
     Raises:
-        InputError: if it is a file, cannot be created or is not writable.
+        OutputPathError: if it is a file, cannot be created or is not writable.
     """
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise InputError(f"{p}: output folder is an existing file")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".persam-write-test.", dir=p)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise InputError(f"{p}: output folder is not writable ({e.strerror or type(e).__name__})") from None
+    p = check_output_dir(path)
+    _make_dirs(p)
+    _probe_writable(p)
     return p
 
 

@@ -6,6 +6,7 @@ Layout of an output folder written by :func:`persam.pipelines.image_set.segment_
     OUT/overlays/<name>.jpg       the image with the mask tinted, prompt points and box drawn
     OUT/coco.json                 COCO-style results (RLE masks, scores, boxes) for every image
     OUT/<concept>/<name>.png      PerSeg prediction format (3-channel, object = BGR (0, 0, 128))
+    OUT/.persam-state.json        which concept and settings wrote each image's outputs (for resuming)
 
 Every file is written atomically (temporary file + rename), so an interrupted run never leaves a
 half-written output behind.

@@ -304,6 +304,13 @@ def verify(path_or_name: PathLike | CheckpointInfo) -> VerifyResult:
             )
     else:
         path = Path(path_or_name).expanduser()
+        text = str(path_or_name)
+        if not path.exists() and "/" not in text and os.sep not in text and not path.suffix:
+            # A bare word is a mistyped name more likely than a file.
+            raise WeightsError(
+                f"{text}: no official checkpoint of that name and no such file "
+                f"(known names: {', '.join(CHECKPOINTS)})"
+            )
         _check_file(path)
         info = _info_for_file(path)
     actual = file_sha256(path)
@@ -591,7 +598,10 @@ def resolve_checkpoint(model_name: str | None, checkpoint: PathLike) -> Path:
     """
     if str(checkpoint) == "auto":
         if model_name is None:
-            raise WeightsError("checkpoint='auto' needs a model name to pick the official checkpoint")
+            raise WeightsError(
+                "checkpoint 'auto' needs a model name (see 'persam weights list') to pick the official "
+                "checkpoint; for a model config pass a checkpoint path, or 'none' for random weights"
+            )
         if model_name not in CHECKPOINTS:
             raise WeightsError(
                 f"no official checkpoint for model {model_name!r} (known: {', '.join(CHECKPOINTS)}); "
@@ -621,6 +631,55 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
+def _torch_reason(e: BaseException) -> str:
+    """The useful part of a ``torch.load`` error, in one line.
+
+    torch wraps unpickling problems in paragraphs of advice (re-run with ``weights_only=False``,
+    file an issue, ...) that do not apply to a damaged file and should not reach the user.
+    """
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|Check the documentation|$)", text, re.S)
+    if m:
+        return " ".join(m.group(1).split())[:200]
+    line = _first_line(e)
+    # "PytorchStreamReader failed ...: failed finding central directory. This is an internal ..."
+    return line.split(". ")[0].rstrip(".")
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\x7fELF", "a program"),
+    (b"%PDF", "a PDF document"),
+)
+
+
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """What a file is, from its first bytes, when it is clearly not a ``torch.save`` file.
+
+    ``torch.save`` writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``).
+    """
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return None
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return "a safetensors file (convert it to a state dict saved with torch.save)"
+    stripped = head.lstrip()
+    if stripped[:1] == b"<":
+        return "an HTML or XML page (an error page saved instead of the file?)"
+    for cut in range(4):  # the 64-byte head may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return "a text file" if all(c.isprintable() or c in "\t\r\n" for c in text) else None
+    return None
+
+
 def _load_object(source: Path | io.BytesIO, label: str) -> object:
     import torch
 
@@ -638,7 +697,7 @@ def _load_object(source: Path | io.BytesIO, label: str) -> object:
                     f"{label}: holds Python objects that cannot be loaded safely ({what}); "
                     "expected a plain state dict"
                 ) from None
-            raise WeightsError(f"{label}: is truncated or corrupt ({_first_line(e)})") from None
+            raise WeightsError(f"{label}: is truncated or corrupt ({_torch_reason(e)})") from None
         except (
             RuntimeError,
             EOFError,
@@ -651,7 +710,7 @@ def _load_object(source: Path | io.BytesIO, label: str) -> object:
             zipfile.BadZipFile,
             struct.error,
         ) as e:
-            raise WeightsError(f"{label}: is truncated or corrupt ({_first_line(e)})") from None
+            raise WeightsError(f"{label}: is truncated or corrupt ({_torch_reason(e)})") from None
 
 
 def _unwrap(obj: object, label: str) -> dict[str, Tensor]:
@@ -693,6 +752,14 @@ def read_state_dict(path: PathLike) -> dict[str, Tensor]:
     _check_file(p)
     if p.stat().st_size == 0:
         raise WeightsError(f"{p}: is empty (0 bytes)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise WeightsError(f"{p}: cannot be read ({e.strerror or type(e).__name__})") from None
+    what = _not_a_checkpoint(head)
+    if what is not None:
+        raise WeightsError(f"{p}: is not a PyTorch checkpoint (it looks like {what})")
     source: Path | io.BytesIO = p
     label = str(p)
     if zipfile.is_zipfile(p):

@@ -86,7 +86,11 @@ def _png(path: Path) -> np.ndarray:
 
 
 def _no_part_files(root: Path) -> None:
-    leftovers = [p for p in root.rglob("*") if ".part" in p.name or p.name.startswith(".persam")]
+    leftovers = [
+        p
+        for p in root.rglob("*")
+        if ".part" in p.name or (p.name.startswith(".persam") and p.name != image_set.STATE_FILE)
+    ]
     assert leftovers == []
 
 
@@ -199,6 +203,76 @@ def test_pipeline_interrupt_keeps_finished_images(tmp_path: Path) -> None:
     assert c.calls == 1
 
 
+class _LearnedConcept(_RedConcept):
+    """A stand-in with what identifies a learned concept: tensors, method, weights and statistics.
+
+    ``invert`` stands for another reference: same kind of concept, different masks.
+    """
+
+    def __init__(self, invert: bool = False, fit_seconds: float = 1.0, stop_after: int | None = None):
+        import torch
+
+        super().__init__()
+        self.invert, self.stop_after = invert, stop_after
+        self.target_feat = torch.full((1, 4), -1.0 if invert else 1.0)
+        self.target_embedding = torch.zeros(1, 1, 4)
+        self.mask_weights = None
+        self.fit_seconds = fit_seconds
+
+    def metadata(self) -> dict:
+        options = {"steps": 10, "fit_seconds": self.fit_seconds, "final_loss": self.fit_seconds / 7}
+        return {"method": "persam", "checkpoint_id": "abc", "name": "x", "options": options}
+
+    def segment(self, image: np.ndarray, *, max_instances: int = 1) -> _Result:
+        if self.stop_after is not None and self.calls == self.stop_after:
+            raise KeyboardInterrupt
+        r = super().segment(image, max_instances=max_instances)
+        if self.invert:
+            r.mask = ~r.mask
+        return r
+
+
+def test_pipeline_recomputes_outputs_of_another_concept(tmp_path: Path) -> None:
+    gts = _write_scenes(tmp_path / "imgs", 3)
+    out = tmp_path / "out"
+    run = image_set.segment_image_set
+    a = _LearnedConcept()
+    assert len(run(a, tmp_path / "imgs", out, save="mask,coco", progress=False).segmented) == 3
+    # The same concept learned again (other fitting time and loss): outputs are kept.
+    again = _LearnedConcept(fit_seconds=2.5)
+    s = run(again, tmp_path / "imgs", out, save="mask,coco", progress=False)
+    assert again.calls == 0 and len(s.skipped) == 3
+    # Another reference: every image is recomputed, never the stale masks kept.
+    b = _LearnedConcept(invert=True)
+    s = run(b, tmp_path / "imgs", out, save="mask,coco", progress=False)
+    assert b.calls == 3 and len(s.stale) == 3
+    assert s.line() == "3 segmented (3 replacing results of another concept or settings), 0 failed"
+    for i, gt in enumerate(gts):
+        np.testing.assert_array_equal(_png(out / "masks" / f"{i:02d}.png") > 0, ~gt)
+    # Interrupted while switching back to `a`: the images it did not reach still hold `b`'s masks,
+    # so resuming with `a` recomputes them instead of skipping them.
+    with pytest.raises(KeyboardInterrupt):
+        run(_LearnedConcept(stop_after=1), tmp_path / "imgs", out, save="mask,coco", progress=False)
+    a = _LearnedConcept()
+    s = run(a, tmp_path / "imgs", out, save="mask,coco", progress=False)
+    assert a.calls == 2 and len(s.skipped) == 1
+    for i, gt in enumerate(gts):
+        np.testing.assert_array_equal(_png(out / "masks" / f"{i:02d}.png") > 0, gt)
+    # Other settings that change the masks also count: a new max_instances recomputes.
+    s = run(a, tmp_path / "imgs", out, save="mask,coco", max_instances=2, progress=False)
+    assert len(s.segmented) == 3
+    _no_part_files(out)
+
+
+def test_pipeline_segments_a_file_named_twice_once(tmp_path: Path) -> None:
+    _write_scenes(tmp_path / "imgs", 2)
+    c = _RedConcept()
+    targets = [tmp_path / "imgs", tmp_path / "imgs" / "01.png", str(tmp_path / "imgs" / "0*.png")]
+    s = image_set.segment_image_set(c, targets, tmp_path / "out", progress=False)
+    assert c.calls == 2 and s.line() == "2 segmented, 0 failed"
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["00.png", "01.png"]
+
+
 def test_pipeline_names_from_several_folders(tmp_path: Path) -> None:
     _write_scenes(tmp_path / "a", 1)
     _write_scenes(tmp_path / "b", 1)
@@ -230,7 +304,7 @@ def test_pipeline_input_errors(tmp_path: Path) -> None:
             _RedConcept(), tmp_path / "imgs", tmp_path / "o", save="masks", progress=False
         )
     (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="not writable"):
+    with pytest.raises(InputError, match="output folder cannot be created, .*file is a file"):
         image_set.segment_image_set(_RedConcept(), tmp_path / "imgs", tmp_path / "file" / "o", progress=False)
 
 
@@ -538,7 +612,7 @@ def _bad_input_cases(scenes: Path, tmp: Path) -> list[tuple[list, str]]:
         (["--ref", ref, "--ref-mask", mask, tmp / "nothing*.jpg", *std], "nothing*.jpg: no such file"),
         (
             ["--ref", ref, "--ref-mask", mask, targets, "-o", tmp / "a_file" / "out"],
-            "out: output folder is not",
+            "out: output folder cannot be created",
         ),
         (
             ["--ref", ref, "--ref-mask", mask, targets, "-o", tmp / "a_file"],
@@ -576,7 +650,7 @@ def test_cli_bad_input_one_line_errors(tiny, scenes, tmp_path, capsys) -> None:
         lines = [ln for ln in err.splitlines() if "warning:" not in ln]
         assert len(lines) == 1 and lines[0].startswith("persam segment: error: "), err
         assert message in lines[0], (message, lines[0])
-        assert not (tmp_path / "out" / "masks").exists()
+        assert not (tmp_path / "out").exists()  # a refused run creates no (empty) output folder
 
 
 def test_cli_bad_checkpoint_and_device(tiny, scenes, tmp_path, capsys) -> None:
@@ -601,6 +675,61 @@ def test_cli_bad_checkpoint_and_device(tiny, scenes, tmp_path, capsys) -> None:
         assert rc == 2 and "--device cuda" in err
 
 
+def test_cli_config_model_with_default_checkpoint_says_what_to_pass(tiny, scenes, tmp_path, capsys) -> None:
+    # --checkpoint defaults to auto, which only a registry model has.
+    argv = [
+        "segment",
+        *_ref_args(scenes),
+        scenes / "targets",
+        "-o",
+        tmp_path / "o",
+        "--model",
+        tiny["config"],
+    ]
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "--checkpoint auto" in err and "--checkpoint PATH" in err and "none" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_clashing_concept_name_before_loading_the_model(
+    tiny, scenes, tmp_path, capsys, monkeypatch
+) -> None:
+    from persam.models import build
+
+    monkeypatch.setattr(build, "build_model", lambda *a, **k: pytest.fail("model loaded"))
+    argv = ["segment", *_ref_args(scenes), scenes / "targets", "-o", tmp_path / "o", "--save", "perseg"]
+    rc, _, err = _cli([*argv, "--concept-name", "masks", *_model_args(tiny)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "--concept-name" in err and "'masks'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_rerun_with_another_reference_replaces_the_masks(tiny, scenes, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    rc, stdout, err = _cli(
+        ["segment", *_ref_args(scenes), scenes / "targets", "-o", out, *_model_args(tiny)], capsys
+    )
+    assert rc == 0 and "3 segmented" in stdout, err
+    # The user fixes the reference mask (here: a box around the object) and runs the same command.
+    _, m = _scene(0)
+    ys, xs = np.nonzero(m)
+    box = np.zeros_like(m)
+    box[ys.min() - 3 : ys.max() + 4, xs.min() - 3 : xs.max() + 4] = True
+    new_mask = tmp_path / "fixed_mask.png"
+    Image.fromarray(box.astype(np.uint8) * 255).save(new_mask)
+    ref = ["--ref", scenes / "ref" / "dog" / "00.png", "--ref-mask", new_mask]
+    rc, stdout, err = _cli(["segment", *ref, scenes / "targets", "-o", out, *_model_args(tiny)], capsys)
+    assert rc == 0 and "3 segmented (3 replacing results" in stdout, err
+    import persam
+
+    model = persam.build_model(tiny["config"], checkpoint=tiny["ckpt0"])
+    concept = persam.learn(model, scenes / "ref" / "dog" / "00.png", new_mask)
+    for t in sorted((scenes / "targets").iterdir()):
+        np.testing.assert_array_equal(_png(out / "masks" / f"{t.stem}.png") > 0, concept.segment(t).mask)
+    rc, stdout, _ = _cli(["segment", *ref, scenes / "targets", "-o", out, *_model_args(tiny)], capsys)
+    assert rc == 0 and "0 segmented, 3 skipped" in stdout
+
+
 def test_cli_max_instances_writes_every_instance_to_coco(tiny, scenes, tmp_path, capsys) -> None:
     out = tmp_path / "o"
     argv = ["segment", *_ref_args(scenes), scenes / "targets", "-o", out, "--max-instances", "3"]
@@ -617,6 +746,16 @@ def test_cli_max_instances_writes_every_instance_to_coco(tiny, scenes, tmp_path,
         for a in anns:
             union |= outputs.decode_rle(a["segmentation"])
         np.testing.assert_array_equal(union, exp)
+
+
+def test_cli_interrupt_names_the_command_and_exits_130(tiny, scenes, tmp_path, capsys, monkeypatch) -> None:
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image_set, "segment_image_set", interrupted)
+    argv = ["segment", *_ref_args(scenes), scenes / "targets", "-o", tmp_path / "o", *_model_args(tiny)]
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 130 and err.strip() == "persam segment: interrupted"
 
 
 def test_persam_console_script_smoke(tiny, scenes, tmp_path) -> None:
@@ -664,14 +803,39 @@ def test_example_segment_my_object(tiny, scenes, tmp_path, capsys) -> None:
         np.testing.assert_array_equal(_png(tmp_path / "m" / f"{t.stem}.png") > 0, exp)
 
 
+def test_example_segment_my_object_reports_bad_input_in_one_line(tiny, scenes, tmp_path, capsys) -> None:
+    example = _load_script(ROOT / "examples" / "segment_my_object.py")
+    model = ["--model", tiny["config"], "--checkpoint", tiny["ckpt0"]]
+    argv = ["--ref", tmp_path / "missing.jpg", "--ref-mask", scenes / "ref" / "dog" / "00_mask.png"]
+    rc = example.main([str(a) for a in [*argv, scenes / "targets", "--output", tmp_path / "m", *model]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().count("\n") == 0 and "missing.jpg: file not found" in err
+    # Same-named photos from two folders get separate masks; an unreadable one is reported, not fatal.
+    for sub in ("a", "b"):
+        _write_scenes(tmp_path / sub, 1, start=1)
+    (tmp_path / "b" / "02.jpg").write_bytes(b"not a jpeg")
+    ref = ["--ref", scenes / "ref" / "dog" / "00.png", "--ref-mask", scenes / "ref" / "dog" / "00_mask.png"]
+    rc = example.main([str(a) for a in [*ref, tmp_path / "a", tmp_path / "b", "-o", tmp_path / "m", *model]])
+    assert rc == 0 and "02.jpg: failed" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*.png")) == [
+        "a/01.png",
+        "b/01.png",
+    ]
+
+
 def test_learn_errors(tiny, scenes, tmp_path, capsys) -> None:
     (tmp_path / "a_dir").mkdir()
     rc, _, err = _cli(["learn", *_ref_args(scenes), "-o", tmp_path / "a_dir", *_model_args(tiny)], capsys)
     assert rc == 2 and "a_dir: is a folder" in err
     argv = ["learn", "--ref", scenes / "ref" / "dog" / "00.png", "--ref-mask", tmp_path / "missing.png"]
-    rc, _, err = _cli([*argv, "-o", tmp_path / "c.persam", *_model_args(tiny)], capsys)
+    rc, _, err = _cli([*argv, "-o", tmp_path / "new" / "c.persam", *_model_args(tiny)], capsys)
     assert rc == 2 and "missing.png: file not found" in err and err.count("\n") == 1
-    assert not (tmp_path / "c.persam").exists()
+    assert not (tmp_path / "new").exists()  # not even the folder the file would have gone to
+    (tmp_path / "a_file").write_text("x")
+    rc, _, err = _cli(
+        ["learn", *_ref_args(scenes), "-o", tmp_path / "a_file" / "c.persam", *_model_args(tiny)], capsys
+    )
+    assert rc == 2 and err.count("\n") == 1 and "a_file" in err
 
 
 def test_example_track_video(tiny, tmp_path, capsys) -> None:

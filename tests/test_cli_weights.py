@@ -171,6 +171,10 @@ def test_verify_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert out.startswith("UNKNOWN ") and hashlib.sha256(b"c").hexdigest() in out
     assert main(["weights", "verify", str(tmp_path / "missing.pth")]) == 2
     assert "checkpoint file not found" in _one_line_error(capsys.readouterr().err)
+    # A bare word that is neither a name nor a file: most likely a mistyped name.
+    assert main(["weights", "verify", "sam_vit_x"]) == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert "sam_vit_x: no official checkpoint of that name and no such file" in err and "sam_vit_b" in err
     assert main(["weights", "verify", "sam_vit_h"]) == 2
     assert "sam_vit_h is not downloaded" in _one_line_error(capsys.readouterr().err)
 
@@ -178,3 +182,10 @@ def test_verify_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 def test_no_action_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["weights"]) == 2
     assert "download" in capsys.readouterr().out
+
+
+def test_download_quiet_has_the_short_option_of_the_other_commands() -> None:
+    from persam.cli import build_parser
+
+    assert build_parser().parse_args(["weights", "download", "sam_vit_b", "-q"]).quiet is True
+    assert build_parser().parse_args(["segment", "x", "-o", "o", "-q"]).quiet is True

@@ -313,3 +313,24 @@ def test_cli_error_exits_nonzero_without_output(davis: Path, tmp_path: Path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "alpha" in err[0] and "object id 3" in err[0]
     assert not out.exists()
+
+
+def test_missing_sequence_results_folder_suggests_sequences(tmp_path: Path) -> None:
+    davis_root, res = _tiny_davis(tmp_path, set_text="one\n")
+    (res / "one").rename(res / "other")
+    with pytest.raises(DavisEvaluationError, match=r"one: prediction frame 00001 not found") as info:
+        evaluate_davis(davis_root, res, workers=1)
+    assert "there is no folder" in str(info.value) and "--sequences" in str(info.value)
+
+
+def test_cli_unusable_output_dir_fails_before_evaluating(tmp_path: Path, capsys, monkeypatch) -> None:
+    import persam.evaluation.davis as davis_mod
+
+    davis_root, res = _tiny_davis(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(davis_mod, "evaluate_davis", lambda *a, **k: pytest.fail("evaluated"))
+    argv = ["eval", "davis", "--davis-root", str(davis_root), "--results", str(res)]
+    rc = cli_main([*argv, "--output-dir", str(tmp_path / "a_file" / "csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("persam eval: error:")
+    assert "--output-dir" in err[0] and "a_file is a file" in err[0]

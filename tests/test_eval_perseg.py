@@ -393,3 +393,18 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_no_csv(perseg: Path, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "01.png" in err[0] and err[0].startswith("persam eval: error:")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_unusable_csv_path_fails_before_evaluating(tmp_path: Path, capsys, monkeypatch) -> None:
+    import persam.evaluation.perseg as perseg_mod
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(perseg_mod, "evaluate_perseg", lambda *a, **k: pytest.fail("evaluated"))
+    argv = ["eval", "perseg", "--data", str(tmp_path), "--pred", str(tmp_path)]
+    cases = ((tmp_path / "a_file" / "r.csv", "r.csv: cannot be written"), (tmp_path, "is a folder"))
+    for csv, message in cases:
+        rc = cli_main([*argv, "--csv", str(csv)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("persam eval: error:")
+        assert message in err[0]
+        assert capsys.readouterr().out == ""  # no table printed before the error

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,24 @@ def test_masks_from_various_files(tmp_path: Path) -> None:
         np.testing.assert_array_equal(out, m, err_msg=name)
 
 
+def test_masks_drawn_as_transparency_are_read_from_alpha(tmp_path: Path) -> None:
+    m = np.zeros((6, 8), bool)
+    m[1:4, 2:6] = True
+    alpha = np.where(m, 255, 0).astype(np.uint8)
+    alpha[0, 0] = 100  # a faint, mostly transparent edge pixel is background
+    white = np.dstack([np.full((6, 8, 3), 255, np.uint8), alpha])  # white on transparent
+    Image.fromarray(white).save(tmp_path / "white.png")
+    cutout = np.dstack([_rgb(6, 8), alpha])  # the object cut out of its photo
+    Image.fromarray(cutout).save(tmp_path / "cutout.png")
+    Image.fromarray(np.dstack([np.zeros((6, 8), np.uint8), alpha]), "LA").save(tmp_path / "la.png")
+    for name in ("white", "cutout", "la"):
+        np.testing.assert_array_equal(io.as_mask(tmp_path / f"{name}.png"), m, err_msg=name)
+    # A fully opaque RGBA mask is read from its colours, as before.
+    opaque = np.dstack([np.where(m[..., None], 255, 0).repeat(3, 2), np.full((6, 8), 255)]).astype(np.uint8)
+    Image.fromarray(opaque).save(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(io.as_mask(tmp_path / "opaque.png"), m)
+
+
 def test_load_reference_checks_size_and_emptiness(tmp_path: Path) -> None:
     Image.fromarray(_rgb(20, 30)).save(tmp_path / "ref.png")
     Image.fromarray(np.full((20, 31), 255, np.uint8)).save(tmp_path / "wide.png")
@@ -157,6 +177,14 @@ def test_list_images_folders_files_and_globs(tmp_path: Path) -> None:
     assert [p.name for p in io.list_images([tmp_path / "c.txt"])] == ["c.txt"]
     with pytest.raises(io.InputError, match="missing"):
         io.list_images([tmp_path / "missing*.jpg"])
+
+
+def test_list_images_lists_a_file_named_twice_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in ("a.jpg", "b.jpg"):
+        (tmp_path / n).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    got = io.list_images([tmp_path, "b.jpg", "./b.jpg", str(tmp_path / "*.jpg")])
+    assert [p.name for p in got] == ["a.jpg", "b.jpg"]
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -202,5 +230,42 @@ def test_ensure_output_dir(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(io.InputError, match="file: output folder is an existing file"):
         io.ensure_output_dir(tmp_path / "file")
-    with pytest.raises(io.InputError, match="not writable"):
-        io.ensure_output_dir(tmp_path / "file" / "sub")
+    with pytest.raises(
+        io.InputError, match=r"file/sub/deeper: output folder cannot be created, .*file is a file"
+    ):
+        io.ensure_output_dir(tmp_path / "file" / "sub" / "deeper")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]
+
+
+def test_check_output_dir_creates_nothing(tmp_path: Path) -> None:
+    assert io.check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(io.OutputPathError, match="file is a file") as e:
+        io.check_output_dir(tmp_path / "file" / "out")
+    assert isinstance(e.value, OSError) and "\n" not in str(e.value)
+    with pytest.raises(io.InputError, match="output folder is an existing file"):
+        io.check_output_dir(tmp_path / "file")
+
+
+@pytest.mark.skipif(not hasattr(os, "umask"), reason="POSIX permissions")
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path: Path) -> None:
+    # A temporary file from mkstemp is private (0600); outputs must be readable like any new file.
+    old = os.umask(0o022)
+    try:
+        io.save_png(tmp_path / "m.png", np.zeros((4, 4), np.uint8))
+        io.write_json_atomic(tmp_path / "x.json", {})
+        io.save_image(tmp_path / "o.jpg", _rgb(8, 8))
+    finally:
+        os.umask(old)
+    for name in ("m.png", "x.json", "o.jpg"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_atomic_path_under_a_file_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(io.OutputPathError, match=r"afile: cannot create folder, .*afile is a file"):
+        io.write_json_atomic(tmp_path / "afile" / "x.json", {})
+    with pytest.raises(OSError):  # still an OSError for code that writes files
+        io.save_png(tmp_path / "afile" / "sub" / "m.png", np.zeros((2, 2), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

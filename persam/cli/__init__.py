@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("persam: interrupted", file=sys.stderr)
+        # Outputs are written atomically, so nothing half-written is left; re-running resumes.
+        print(f"persam {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

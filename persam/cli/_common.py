@@ -90,6 +90,11 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
     model = args.model
     if model.lower().endswith(".json") and not Path(model).is_file():
         raise CommandError(f"{model}: model config file not found")
+    if model.lower().endswith(".json") and str(args.checkpoint).lower() == "auto":
+        raise CommandError(
+            f"--checkpoint auto: only a registry model (see 'persam weights list') has an official "
+            f"checkpoint; with --model {model} pass --checkpoint PATH (or none for random weights)"
+        )
     random_weights = args.checkpoint is None or str(args.checkpoint).lower() == "none"
     try:
         if random_weights:
@@ -188,7 +193,8 @@ def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
         type=normalize_method,
         default="persam",
         metavar="persam|persam-f",
-        help="PerSAM (training-free) or PerSAM-F (10 s fine-tuning of 2 weights); default persam",
+        help="PerSAM (training-free) or PerSAM-F (first fits 2 mask weights on the reference); "
+        "default persam",
     )
 
 

@@ -103,9 +103,16 @@ def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 def _perseg(args: argparse.Namespace) -> int:
     from persam.evaluation.perseg import evaluate_perseg, format_official, format_table, write_csv
-    from persam.io import InputError
+    from persam.io import InputError, check_output_dir
 
     try:
+        if args.csv is not None:  # checked before the (slow) evaluation
+            if args.csv.is_dir():
+                raise InputError(f"--csv {args.csv}: is a folder, expected a file name")
+            try:
+                check_output_dir(args.csv.parent)
+            except InputError as e:
+                raise InputError(f"--csv {args.csv}: cannot be written ({e})") from None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate_perseg(
@@ -131,13 +138,18 @@ def _davis(args: argparse.Namespace) -> int:
         save_full_precision_csvs,
         save_official_csvs,
     )
-    from persam.io import InputError
+    from persam.io import InputError, check_output_dir
 
     try:
+        out_dir = args.output_dir if args.output_dir is not None else args.results
+        if args.output_dir is not None:  # checked before the (slow) evaluation
+            try:
+                check_output_dir(out_dir)
+            except InputError as e:
+                raise InputError(f"--output-dir {e}") from None
         result = evaluate_davis(
             args.davis_root, args.results, gt_set=args.gt_set, workers=args.workers, sequences=args.sequences
         )
-        out_dir = args.output_dir if args.output_dir is not None else args.results
         written = save_official_csvs(result, out_dir)
         if args.full_precision:
             written += save_full_precision_csvs(result, out_dir)

@@ -44,12 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from persam.io import InputError, ensure_output_dir
+    from persam.io import InputError, check_output_dir
 
     try:
         if args.output.is_dir():
             raise CommandError(f"{args.output}: is a folder, expected a concept file name")
-        ensure_output_dir(args.output.parent)
+        check_output_dir(args.output.parent)  # created by the save
         refs = read_references(args)
         model = load_model(args, _PROG)
         concept = learn_concept(

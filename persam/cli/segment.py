@@ -35,9 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "segment",
         help="segment your object in a set of images",
         description="Learn your object from one reference (image + mask, clicks or box) or load a saved "
-        "concept, then segment it in every target image. Re-running skips images whose outputs exist.",
+        "concept, then segment it in every target image. Re-running skips images whose outputs exist "
+        "and come from the same concept and settings (recorded in OUT/.persam-state.json), so an "
+        "interrupted run resumes.",
         epilog="Outputs: OUT/masks/NAME.png (0/255), OUT/overlays/NAME.jpg, OUT/coco.json, "
-        "OUT/CONCEPT/NAME.png (PerSeg format). Exit status 1 when some images failed.",
+        "OUT/CONCEPT/NAME.png (PerSeg format). Exit status 0 done, 1 some images failed, 2 nothing "
+        "done (bad argument, reference, model or output folder).",
     )
     parser.add_argument("targets", nargs="*", metavar="TARGET", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
@@ -61,9 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or the concept file's name)",
     )
     parser.add_argument(
-        "--max-instances", type=_positive_int, default=1, metavar="N", help="find up to N objects"
+        "--max-instances",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="find up to N objects per image (default 1)",
     )
-    parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
+    parser.add_argument(
+        "--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type (default jpg)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
@@ -108,8 +117,8 @@ def load_concept(path: Path, model):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from persam.io import InputError, ensure_output_dir, list_images
-    from persam.pipelines.image_set import parse_save, segment_image_set
+    from persam.io import InputError, check_output_dir, list_images
+    from persam.pipelines.image_set import check_concept_name, parse_save, segment_image_set
 
     try:
         points, extra_targets = split_points(args.ref_points)
@@ -131,8 +140,12 @@ def run(args: argparse.Namespace) -> int:
         images = list_images(args.targets)
         if not images:
             raise CommandError(f"{', '.join(args.targets)}: no images found")
-        ensure_output_dir(args.output)
+        check_output_dir(args.output)  # created when the first result is written
         concept_name = default_concept_name(args)
+        try:
+            check_concept_name(concept_name, save)
+        except InputError as e:
+            raise CommandError(f"--concept-name: {e} (choose another one with --concept-name)") from None
         refs = read_references(args) if args.concept is None else None
         if args.concept is not None and not args.concept.is_file():
             raise CommandError(f"{args.concept}: concept file not found")

@@ -26,7 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(dest="weights_command", metavar="ACTION")
 
-    p = sub.add_parser("list", help="show the known checkpoints and which are cached")
+    p = sub.add_parser(
+        "list",
+        help="show the known checkpoints and which are cached",
+        description="List the official checkpoints: name (for --model), size, whether it is cached, "
+        "and its path in the cache.",
+    )
     p.set_defaults(func=_list)
 
     p = sub.add_parser(
@@ -35,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="checkpoint name, see 'persam weights list'")
     p.add_argument("--dir", type=Path, default=None, help="download into DIR instead of the cache")
     p.add_argument("--url", default=None, help="download from URL (a mirror) instead of the official address")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_download)
 
     p = sub.add_parser("verify", help="check sha256 digests (default: every cached checkpoint)")
@@ -43,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("path", help="print the path of a cached checkpoint")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="checkpoint name, see 'persam weights list'")
     p.set_defaults(func=_path)
 
     parser.set_defaults(func=lambda args: _help(parser))

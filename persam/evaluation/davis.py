@@ -160,6 +160,11 @@ def _read_labels(path: Path, sequence: str, kind: str) -> np.ndarray:
     """A label PNG as an integer ``[H, W]`` array (palette indices or gray values)."""
     if not path.is_file():
         what = "prediction" if kind == "prediction" else "annotation"
+        if kind == "prediction" and not path.parent.is_dir():
+            raise DavisEvaluationError(
+                f"{sequence}: prediction frame {path.stem} not found (there is no folder {path.parent}; "
+                "to score only some sequences, name them with --sequences)"
+            )
         raise DavisEvaluationError(f"{sequence}: {what} frame {path.stem} not found ({path})")
     try:
         with Image.open(path) as im:
