@@ -293,3 +293,11 @@ def test_random_test_models_are_buildable_by_name_but_not_listed():
     assert random_model_config("tiny_random_sam")["image_encoder"]["depth"] == 2
     with pytest.raises(ValueError, match="unknown random test model"):
         random_model_config("nope")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_unavailable_device_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        build_model("tiny_random_sam", device="cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        build_model("tiny_random_sam", device="gpu0")

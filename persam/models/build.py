@@ -160,6 +160,21 @@ def _config_seed(name_or_config: str | Path | dict) -> int:
         return 0
 
 
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a ValueError saying why it cannot be used here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here (use 'cpu')")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: Apple MPS is not available here (use 'cpu')")
+    return dev
+
+
 def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -194,10 +209,11 @@ def build_model(
     the weights are held once.
 
     Raises:
-        ValueError: unknown model, bad config or dtype.
+        ValueError: unknown model, bad config, dtype or device.
         persam.weights.WeightsError: checkpoint missing, unreadable or not for this model.
     """
     compute_dtype = _as_dtype(dtype)
+    target = _check_device(device)
     spec = _spec(name_or_config)
     if checkpoint is not None and str(checkpoint).lower() != "none":
         module, checkpoint_id = _build_from_checkpoint(spec, checkpoint)
@@ -209,7 +225,7 @@ def build_model(
             torch.manual_seed(seed)
             module = spec.build()
         checkpoint_id = f"random:{spec.name}:{seed}"
-    module = module.to(torch.device(device))
+    module = module.to(target)
     backbone_cls = _resolve(spec.backbone)
     return backbone_cls(module, spec.name, checkpoint_id, dtype=compute_dtype)
 
