@@ -223,7 +223,7 @@ def _make_dirs(folder: Path) -> None:
         raise OutputPathError(f"{folder}: cannot create folder ({e.strerror or type(e).__name__})") from None
 
 
-def _create_temp(dst: Path) -> Path:
+def create_temp_beside(dst: Path) -> Path:
     """Creates an empty, uniquely named file beside ``dst``.
 
     Unlike :func:`tempfile.mkstemp` (always mode 0600), the file gets the permissions of any newly
@@ -250,7 +250,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     dst = Path(path)
     _make_dirs(dst.parent)
-    tmp_p = _create_temp(dst)
+    tmp_p = create_temp_beside(dst)
     try:
         yield tmp_p
         os.replace(tmp_p, dst)

@@ -34,6 +34,8 @@ from persam.io import (
     IMAGE_EXTENSIONS,
     InputError,
     PathLike,
+    check_output_dir,
+    create_temp_beside,
     image_to_rgb,
     load_image,
     load_label_map,
@@ -541,9 +543,7 @@ class ResultWriter:
         self._video_tmp: Path | None = None
         self._closed = False
         if self.out_dir is not None:
-            out = Path(self.out_dir)
-            if out.exists() and not out.is_dir():
-                raise InputError(f"{out}: output path exists and is not a folder")
+            out = check_output_dir(self.out_dir)
             self._mkdirs(out)
             self._stage = Path(tempfile.mkdtemp(prefix=".persam-track-", dir=out))
 
@@ -567,10 +567,9 @@ class ResultWriter:
 
     def _open_video(self, size: tuple[int, int]) -> None:
         dst = Path(self.overlay)  # type: ignore[arg-type]
-        self._mkdirs(dst.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part" + dst.suffix, dir=dst.parent)
-        os.close(fd)
-        self._video_tmp = Path(tmp)
+        self._mkdirs(check_output_dir(dst.parent))
+        # Not mkstemp: the final video gets ordinary file permissions, not 0600.
+        self._video_tmp = create_temp_beside(dst)
         fourcc = cv2.VideoWriter_fourcc(*("MJPG" if dst.suffix.lower() == ".avi" else "mp4v"))
         self._video = cv2.VideoWriter(str(self._video_tmp), fourcc, float(self.fps), (size[1], size[0]))
         if not self._video.isOpened():

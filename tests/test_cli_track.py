@@ -173,7 +173,9 @@ def test_track_one_mask_per_object(setup):
     assert not (out / "00000.png").exists()
 
 
-@pytest.mark.parametrize("case", ["unreadable", "zero_frames", "mask_size", "empty_mask", "start", "missing"])
+@pytest.mark.parametrize(
+    "case", ["unreadable", "zero_frames", "mask_size", "empty_mask", "start", "missing", "out_under_file"]
+)
 def test_track_bad_inputs(setup, case, capsys):
     tmp = setup["tmp"]
     video, mask = setup["video"], setup["mask"]
@@ -195,16 +197,38 @@ def test_track_bad_inputs(setup, case, capsys):
     elif case == "start":
         extra = ["--start", str(T)]
         culprit = video.name
-    else:
+    elif case == "missing":
         video = tmp / "nowhere.mp4"
         culprit = video.name
     out, overlay = tmp / "out_bad", tmp / "ovl" / "bad.mp4"
+    if case == "out_under_file":
+        (tmp / "afile").write_text("x")
+        out = tmp / "afile" / "out"
+        culprit = "afile"
     rc = main(["track", str(video), "--mask", str(mask), "-o", str(out), "--overlay", str(overlay),
                *extra, *setup["model"]])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc != 0
     assert len(err.splitlines()) == 1 and err.startswith("persam track: error:") and culprit in err
     assert not out.exists() and not overlay.parent.exists()
+
+
+def test_track_without_mask_says_what_is_needed(setup, capsys):
+    rc = main(["track", str(setup["video"]), "-o", str(setup["tmp"] / "o"), *setup["model"]])
+    err = capsys.readouterr().err
+    assert rc != 0 and "first-frame mask is required" in err and "DAVIS" not in err
+
+
+def test_overlay_video_has_ordinary_permissions(setup):
+    import os
+    import stat
+
+    overlay = setup["tmp"] / "perm.mp4"
+    args = ["track", str(setup["video"]), "--mask", str(setup["mask"]), "-o", str(setup["tmp"] / "p")]
+    assert main([*args, "--overlay", str(overlay), *setup["model"]]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(overlay.stat().st_mode) == 0o666 & ~umask
 
 
 def test_track_failure_midway_leaves_no_output(setup, monkeypatch, capsys):

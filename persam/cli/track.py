@@ -105,21 +105,26 @@ def default_mask(video: Path) -> Path:
         pngs = sorted(ann.glob("*.png")) if ann.is_dir() else []
         if pngs:
             return pngs[0]
-    raise CommandError("--mask: a first-frame mask is required (found no DAVIS annotation for this folder)")
+    if video.is_dir():
+        raise CommandError(
+            "--mask: a first-frame mask is required (found no DAVIS annotation for this folder)"
+        )
+    raise CommandError("--mask: a first-frame mask is required (the label PNG of the first tracked frame)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from persam.io import InputError
+    from persam.io import InputError, check_output_dir
     from persam.pipelines.video import track
     from persam.video_io import DAVIS_PALETTE, ResultWriter, load_first_mask, open_video
 
     try:
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
             raise CommandError(f"--overlay {args.overlay}: use a .mp4 or .avi file name")
-        if args.output.exists() and not args.output.is_dir():
-            raise CommandError(f"{args.output}: output folder is an existing file")
+        check_output_dir(args.output)
+        if args.overlay is not None:
+            check_output_dir(args.overlay.parent)
         # Everything cheap is checked before the model is loaded.
         source = open_video(args.video)
         info = source.info
