@@ -3,8 +3,14 @@
 Launch::
 
     python -m apps.demo --model sam_vit_b                      # http://127.0.0.1:7860
-    python -m apps.demo --model sam_vit_h --checkpoint ~/sam_vit_h_4b8939.pth --device cuda
+    python -m apps.demo --model sam_vit_h --checkpoint ~/sam_vit_h_4b8939.pth --device cuda --dtype bfloat16
+    python -m apps.demo --model my_sam.json --checkpoint my_sam.pth   # a model config and its weights
     python -m apps.demo --random-model                         # tests only: masks are meaningless
+
+``--model`` (and Settings → Model) takes what every ``persam`` command takes: a registry name, a
+small random test model name (``tiny_random_sam``, ...; with checkpoint ``none``) or a model config
+JSON file. The checkpoint is empty or ``auto`` for the cached official file, a path for that file, or
+``none`` for random weights (testing only).
 
 Images tab: upload a reference photo, mark the object by clicking (positive / negative points; the
 backbone segments it live) or by brushing over it, choose PerSAM or PerSAM-F, upload target photos,
@@ -44,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from persam.io import InputError, as_image, load_image, load_label_map
+from persam.models.configs import random_model_names
 from persam.outputs import mask_to_png_array, render_overlay
 from persam.video_io import DAVIS_PALETTE, ResultWriter, open_video, overlay_labels
 from persam.weights import CHECKPOINTS, WeightsError, cache_location, cached_path
@@ -100,9 +107,19 @@ RANDOM_BANNER = (
     "⚠️ **Test mode: a small random model is loaded — its masks are meaningless.** "
     "Start the demo with `--model NAME` (and `--checkpoint PATH` or a cached checkpoint) for real results."
 )
+# Shown with every result computed with checkpoint ``none`` (random weights on a chosen model).
+RANDOM_WEIGHTS_NOTE = (
+    "⚠️ **Test mode: checkpoint `none` gives the model random weights — its masks are meaningless.** "
+    "Leave Settings → Checkpoint empty (the cached official checkpoint) or give a checkpoint file "
+    "for real results."
+)
 
 MODEL_CHOICES: list[str] = list(CHECKPOINTS)
 DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
+DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
+CHECKPOINT_HELP = (
+    "empty or auto: the cached official checkpoint; a path: that file; none: random weights (testing only)"
+)
 METHOD_LABELS = {"PerSAM": "persam", "PerSAM-F": "persam_f"}
 MAX_OBJECTS = 6
 
@@ -120,19 +137,73 @@ class DemoError(Exception):
 # ---------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class ModelSettings:
-    """What the Settings panel selects: registry name, checkpoint (path, or empty for the cache), device."""
+    """What the Settings panel selects.
+
+    Attributes:
+        model: registry name, small random test model name or model config JSON path.
+        checkpoint: empty or ``auto`` (the cached official file), a path, or ``none`` (random weights).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        dtype: image-encoder precision, one of :data:`DTYPE_CHOICES`.
+    """
 
     model: str
     checkpoint: str = ""
     device: str = "auto"
+    dtype: str = "float32"
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the checkpoint is ``none`` (random weights, for testing only)."""
+        return self.checkpoint.strip().lower() == "none"
 
 
 def how_to_get(name: str) -> str:
     """One sentence telling the user how to obtain the checkpoint of model ``name``."""
     return (
         f"Download it with `persam weights download {name}` (it goes to {cache_location(name)}), "
-        "or enter the path of a checkpoint file under Settings → Checkpoint file."
+        "or enter the path of a checkpoint file under Settings → Checkpoint."
     )
+
+
+def resolve_model(model: str | None) -> str:
+    """The model as ``build_model`` takes it: a registry name, a small random test model name, or the
+    path of a model config JSON file (which must exist and hold a JSON object).
+
+    Raises:
+        DemoError: empty, unknown name, or a config file that is missing or not a JSON object.
+    """
+    text = (model or "").strip()
+    if not text:
+        raise DemoError("Choose a model under Settings → Model.")
+    if text in CHECKPOINTS or text in random_model_names():
+        return text
+    path = Path(text).expanduser()
+    if path.suffix.lower() != ".json" and not path.is_file():
+        raise DemoError(
+            f"Unknown model {text!r}: choose one of {', '.join(MODEL_CHOICES)}, a small random test model "
+            f"({', '.join(random_model_names())}) or the path of a model config JSON file."
+        )
+    if not path.is_file():
+        raise DemoError(f"Model config file not found: {path}.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DemoError(f"Cannot read the model config {path}: {e.strerror or e}.") from None
+    except UnicodeDecodeError:
+        raise DemoError(f"The model config {path} is not a JSON text file.") from None
+    except json.JSONDecodeError as e:
+        raise DemoError(f"The model config {path} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if not isinstance(config, dict):
+        raise DemoError(f"The model config {path} must hold a JSON object.")
+    return str(path)
+
+
+def resolve_dtype(dtype: str | None) -> str:
+    """``dtype`` when it is one of :data:`DTYPE_CHOICES` (empty -> float32), else a :class:`DemoError`."""
+    text = (dtype or "float32").strip().lower()
+    if text not in DTYPE_CHOICES:
+        raise DemoError(f"Unknown precision {dtype!r} (choose one of {', '.join(DTYPE_CHOICES)}).")
+    return text
 
 
 def resolve_device(device: str) -> str:
@@ -150,16 +221,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_checkpoint_path(name: str, checkpoint: str) -> Path:
-    """The checkpoint file for ``name``: the given path, or the cached official file.
+def resolve_checkpoint_path(name: str, checkpoint: str) -> Path | None:
+    """The checkpoint file for model ``name``: the given path, the cached official file (empty or
+    ``auto``), or None for ``none`` (random weights).
 
     The demo never downloads on its own (a checkpoint can be gigabytes): a missing file is a
-    :class:`DemoError` saying how to get it.
+    :class:`DemoError` saying how to get it. Only registry models have an official checkpoint.
     """
-    if name not in CHECKPOINTS:
-        raise DemoError(f"Unknown model {name!r} (choose one of {', '.join(MODEL_CHOICES)}).")
-    text = checkpoint.strip()
+    name = resolve_model(name)
+    text = (checkpoint or "").strip()
+    if text.lower() == "none":
+        return None
     if text in ("", "auto"):
+        if name not in CHECKPOINTS:
+            raise DemoError(
+                f"{name} has no official checkpoint: enter the path of its checkpoint file under "
+                "Settings → Checkpoint, or `none` for random weights (testing only)."
+            )
         path = cached_path(name)
         if path is None:
             raise DemoError(f"No checkpoint for {name} in the cache. {how_to_get(name)}")
@@ -179,14 +257,20 @@ class ModelCache:
 
     def __init__(self, random_model: bool = False) -> None:
         self.random_model = random_model
-        self._key: tuple[str, str, str] | None = None
+        self._key: tuple[str, str, str, str] | None = None
         self._model: Any = None
         self._lock = threading.Lock()
 
-    def key(self, settings: ModelSettings) -> tuple[str, str, str]:
+    def key(self, settings: ModelSettings) -> tuple[str, str, str, str]:
+        """``(model, checkpoint, device, dtype)``: settings with the same key share one loaded model."""
         if self.random_model:
-            return ("random", "none", "cpu")
-        return (settings.model, settings.checkpoint.strip(), settings.device)
+            return ("random", "none", "cpu", "float32")
+        return (settings.model.strip(), settings.checkpoint.strip(), settings.device, settings.dtype)
+
+    def uses_random_weights(self, settings: ModelSettings) -> bool:
+        """Whether ``settings`` give a chosen model random weights (checkpoint ``none``; not the
+        ``random_model`` test mode, which says so in the page banner)."""
+        return not self.random_model and settings.random_weights
 
     def get(self, settings: ModelSettings) -> Any:
         """The backbone for ``settings`` (loaded on first use; :class:`DemoError` on any failure)."""
@@ -203,14 +287,19 @@ class ModelCache:
                 torch.manual_seed(0)
                 model = build_model(RANDOM_MODEL_CONFIG, checkpoint=None, device="cpu")
             else:
-                path = resolve_checkpoint_path(settings.model, settings.checkpoint)
+                name = resolve_model(settings.model)
+                dtype = resolve_dtype(settings.dtype)
+                path = resolve_checkpoint_path(name, settings.checkpoint)
                 device = resolve_device(settings.device)
+                what = f"build the model {name}" if path is None else f"load {name} from {path}"
                 try:
-                    model = build_model(settings.model, checkpoint=path, device=device)
-                except (WeightsError, InputError, ValueError, OSError) as e:
-                    raise DemoError(f"Cannot load {settings.model} from {path}: {_one_line(e)}") from None
+                    model = build_model(name, checkpoint=path, device=device, dtype=dtype)
+                except (WeightsError, InputError, ValueError, TypeError, KeyError, OSError) as e:
+                    # Config problems (unknown section or argument) surface as TypeError / KeyError.
+                    message = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+                    raise DemoError(f"Cannot {what}: {message}") from None
                 except RuntimeError as e:  # out of memory, unsupported dtype on a device, ...
-                    raise DemoError(f"Cannot load {settings.model} on {device}: {_one_line(e)}") from None
+                    raise DemoError(f"Cannot load {name} on {device} in {dtype}: {_one_line(e)}") from None
             self._key, self._model = key, model
             return model
 
@@ -219,7 +308,10 @@ class ModelCache:
         model = self.get(settings)
         if self.random_model:
             return "Loaded a small **random** model (test mode): masks are meaningless."
-        return f"Loaded **{model.name}** on {model.device} (checkpoint sha256 {model.checkpoint_id[:12]}…)."
+        where = f"on {model.device} in {resolve_dtype(settings.dtype)}"
+        if settings.random_weights:
+            return f"Loaded **{model.name}** with random weights {where}.\n\n{RANDOM_WEIGHTS_NOTE}"
+        return f"Loaded **{model.name}** {where} (checkpoint sha256 {model.checkpoint_id[:12]}…)."
 
 
 def _one_line(e: BaseException, path: str | None = None) -> str:
@@ -638,8 +730,8 @@ def _unexpected(e: BaseException) -> str:
     return _error(f"Unexpected error ({type(e).__name__}: {_one_line(e)}). The server log has the details.")
 
 
-def settings_of(model: str, checkpoint: str | None, device: str) -> ModelSettings:
-    return ModelSettings(model=model, checkpoint=checkpoint or "", device=device)
+def settings_of(model: str | None, checkpoint: str | None, device: str, dtype: str | None) -> ModelSettings:
+    return ModelSettings(model=model or "", checkpoint=checkpoint or "", device=device, dtype=dtype or "")
 
 
 def guarded(fn: Callable[..., tuple], on_error: tuple) -> Callable[..., tuple]:
@@ -670,6 +762,12 @@ class PageCallbacks:
     def __init__(self, engine: DemoEngine) -> None:
         self.engine = engine
 
+    def done(self, text: str, settings: ModelSettings) -> str:
+        """A success status; with random weights (checkpoint ``none``) it adds that masks are meaningless."""
+        if self.engine.cache.uses_random_weights(settings):
+            return f"{text}\n\n{RANDOM_WEIGHTS_NOTE}"
+        return text
+
     # ------------------------------------------------------------------ images: reference
     def on_ref_upload(self, image: np.ndarray | None) -> tuple:
         if image is None:
@@ -688,19 +786,21 @@ class PageCallbacks:
         return None, [], None, None, "Upload a reference photo."
 
     def on_ref_click(
-        self, image, clicks, click_label, model, checkpoint, device, evt: gr.SelectData
+        self, image, clicks, click_label, model, checkpoint, device, dtype, evt: gr.SelectData
     ) -> tuple:
         if image is None:
             return gr.update(), clicks, None, _error("Upload a reference photo first.")
         x, y = evt.index[0], evt.index[1]
         clicks = list(clicks or []) + [(float(x), float(y), 1 if click_label == "positive" else 0)]
         img = as_image(np.asarray(image), "reference photo")
+        settings = settings_of(model, checkpoint, device, dtype)
         try:
-            mask = self.engine.mask_from_clicks(settings_of(model, checkpoint, device), img, clicks)
+            mask = self.engine.mask_from_clicks(settings, img, clicks)
         except DemoError as e:
             return draw_reference(img, None, clicks), clicks, None, _error(str(e))
         view = draw_reference(img, mask, clicks)
-        return view, clicks, mask, f"Reference mask: {int(mask.sum())} pixels from {len(clicks)} click(s)."
+        status = f"Reference mask: {int(mask.sum())} pixels from {len(clicks)} click(s)."
+        return view, clicks, mask, self.done(status, settings)
 
     def on_clear_clicks(self, image) -> tuple:
         return image, [], None, "Clicks cleared."
@@ -720,17 +820,17 @@ class PageCallbacks:
             raise DemoError("No reference mask: click on your object in the reference photo first.")
         return as_image(np.asarray(ref_plain), "reference photo"), np.asarray(ref_mask, bool)
 
-    def run_images(self, img, mask, method, targets, model, checkpoint, device, progress) -> tuple:
+    def run_images(self, img, mask, method, targets, settings: ModelSettings, progress) -> tuple:
         paths = [p for p in (file_path(t) for t in (targets or [])) if p]
         res = self.engine.segment_images(
-            settings_of(model, checkpoint, device),
+            settings,
             img,
             mask,
             METHOD_LABELS.get(method, method),
             paths,
             progress=lambda f, d: progress(f, desc=d),
         )
-        return res.gallery, str(res.zip_path), res.summary
+        return res.gallery, str(res.zip_path), self.done(res.summary, settings)
 
     def on_run_images(
         self,
@@ -743,10 +843,12 @@ class PageCallbacks:
         model,
         checkpoint,
         device,
+        dtype,
         progress=gr.Progress(),  # noqa: B008 (Gradio injects the tracker)
     ) -> tuple:
         img, mask = self.reference_from_ui(ref_plain, ref_mask, brush, mask_source)
-        return self.run_images(img, mask, method, targets, model, checkpoint, device, progress)
+        settings = settings_of(model, checkpoint, device, dtype)
+        return self.run_images(img, mask, method, targets, settings, progress)
 
     def api_segment_images(
         self,
@@ -758,25 +860,29 @@ class PageCallbacks:
         model,
         checkpoint,
         device,
+        dtype,
         progress=gr.Progress(),  # noqa: B008
     ) -> tuple:
         """Reference image file + (mask image file or clicks JSON [[x, y, label], ...]), target image
         files -> (gallery of overlays with scores, zip of binary masks, status)."""
+        settings = settings_of(model, checkpoint, device, dtype)
         img = self._api_reference(reference)
-        mask = self._api_reference_mask(img, reference_mask, clicks, model, checkpoint, device)
-        return self.run_images(img, mask, method, targets, model, checkpoint, device, progress)
+        mask = self._api_reference_mask(img, reference_mask, clicks, settings)
+        return self.run_images(img, mask, method, targets, settings, progress)
 
-    def api_reference_mask(self, reference, clicks, model, checkpoint, device) -> tuple:
+    def api_reference_mask(self, reference, clicks, model, checkpoint, device, dtype) -> tuple:
         """Reference image file + clicks JSON [[x, y, label], ...] -> (overlay, mask PNG file, status)."""
+        settings = settings_of(model, checkpoint, device, dtype)
         img = self._api_reference(reference)
         pts = parse_clicks(clicks)
         if not pts:
             raise DemoError("No clicks: give at least one positive click [x, y, 1].")
-        mask = self.engine.mask_from_clicks(settings_of(model, checkpoint, device), img, pts)
+        mask = self.engine.mask_from_clicks(settings, img, pts)
         path = self.engine.new_result_dir() / "reference_mask.png"
         Image.fromarray(mask_to_png_array(mask)).save(path)
         view = draw_reference(img, mask, pts)
-        return view, str(path), f"Reference mask: {int(mask.sum())} pixels from {len(pts)} click(s)."
+        status = f"Reference mask: {int(mask.sum())} pixels from {len(pts)} click(s)."
+        return view, str(path), self.done(status, settings)
 
     def _api_reference(self, reference) -> np.ndarray:
         path = file_path(reference)
@@ -787,14 +893,14 @@ class PageCallbacks:
         except InputError:
             raise DemoError(f"The reference photo {Path(path).name} is not a readable image.") from None
 
-    def _api_reference_mask(self, img, reference_mask, clicks, model, checkpoint, device) -> np.ndarray:
+    def _api_reference_mask(self, img, reference_mask, clicks, settings: ModelSettings) -> np.ndarray:
         mask_path = file_path(reference_mask)
         if mask_path is not None:
             return load_mask_file(mask_path, img.shape[:2], "reference mask") > 0
         pts = parse_clicks(clicks)
         if not pts:
             raise DemoError("No reference mask: give a mask image or click on your object.")
-        return self.engine.mask_from_clicks(settings_of(model, checkpoint, device), img, pts)
+        return self.engine.mask_from_clicks(settings, img, pts)
 
     # ------------------------------------------------------------------ video
     def on_video_upload(self, video) -> tuple:
@@ -806,7 +912,7 @@ class PageCallbacks:
         return frame, frame, [], editor, "Pick an object number, then click on it in the first frame."
 
     def on_frame_click(
-        self, frame, clicks, obj_id, click_label, model, checkpoint, device, evt: gr.SelectData
+        self, frame, clicks, obj_id, click_label, model, checkpoint, device, dtype, evt: gr.SelectData
     ):
         if frame is None:
             return gr.update(), clicks, _error("Upload a video first.")
@@ -814,25 +920,26 @@ class PageCallbacks:
         clicks = list(clicks or []) + [
             (float(x), float(y), 1 if click_label == "positive" else 0, int(obj_id))
         ]
+        settings = settings_of(model, checkpoint, device, dtype)
         try:
-            labels = self.engine.labels_from_clicks(settings_of(model, checkpoint, device), frame, clicks)
+            labels = self.engine.labels_from_clicks(settings, frame, clicks)
         except DemoError as e:
             return draw_clicks(frame, np.zeros(frame.shape[:2], np.uint8), clicks), clicks, _error(str(e))
         n = len([v for v in np.unique(labels) if v])
-        return draw_clicks(frame, labels, clicks), clicks, f"{n} object(s) marked."
+        return draw_clicks(frame, labels, clicks), clicks, self.done(f"{n} object(s) marked.", settings)
 
     def on_frame_clear(self, frame) -> tuple:
         return frame, [], "Clicks cleared."
 
-    def run_video(self, video_path, labels, method, model, checkpoint, device, progress) -> tuple:
+    def run_video(self, video_path, labels, method, settings: ModelSettings, progress) -> tuple:
         res = self.engine.track_video(
-            settings_of(model, checkpoint, device),
+            settings,
             video_path,
             labels,
             METHOD_LABELS.get(method, method),
             progress=lambda f, d: progress(f, desc=d),
         )
-        return str(res.video_path), str(res.zip_path), res.summary
+        return str(res.video_path), str(res.zip_path), self.done(res.summary, settings)
 
     def on_run_video(
         self,
@@ -845,8 +952,10 @@ class PageCallbacks:
         model,
         checkpoint,
         device,
+        dtype,
         progress=gr.Progress(),  # noqa: B008
     ) -> tuple:
+        settings = settings_of(model, checkpoint, device, dtype)
         path = file_path(video)
         if not path:
             raise DemoError("Upload a video first.")
@@ -859,10 +968,8 @@ class PageCallbacks:
             if labels.shape != frame.shape[:2]:
                 raise DemoError("The brushed frame does not match the video size; upload the video again.")
         else:
-            labels = self.engine.labels_from_clicks(
-                settings_of(model, checkpoint, device), frame, clicks or []
-            )
-        return self.run_video(path, labels, method, model, checkpoint, device, progress)
+            labels = self.engine.labels_from_clicks(settings, frame, clicks or [])
+        return self.run_video(path, labels, method, settings, progress)
 
     def api_track_video(
         self,
@@ -873,10 +980,12 @@ class PageCallbacks:
         model,
         checkpoint,
         device,
+        dtype,
         progress=gr.Progress(),  # noqa: B008
     ) -> tuple:
         """Video file + (first-frame label map image or clicks JSON [[x, y, label, object], ...]) ->
         (overlay video, zip of DAVIS-format masks, status)."""
+        settings = settings_of(model, checkpoint, device, dtype)
         path = file_path(video)
         if not path:
             raise DemoError("Upload a video first.")
@@ -886,14 +995,14 @@ class PageCallbacks:
             labels = load_mask_file(mask_path, frame.shape[:2], "first-frame mask")
         else:
             pts = parse_clicks(clicks, with_object=True)
-            labels = self.engine.labels_from_clicks(settings_of(model, checkpoint, device), frame, pts)
-        return self.run_video(path, labels, method, model, checkpoint, device, progress)
+            labels = self.engine.labels_from_clicks(settings, frame, pts)
+        return self.run_video(path, labels, method, settings, progress)
 
     # ------------------------------------------------------------------ settings
-    def on_load_model(self, model, checkpoint, device) -> str:
+    def on_load_model(self, model, checkpoint, device, dtype) -> str:
         try:
             with self.engine.lock:
-                return self.engine.cache.describe(settings_of(model, checkpoint, device))
+                return self.engine.cache.describe(settings_of(model, checkpoint, device, dtype))
         except DemoError as e:
             return _error(str(e))
         except Exception as e:
@@ -907,15 +1016,20 @@ def build_app(
     default_model: str = "sam_vit_b",
     default_checkpoint: str = "",
     default_device: str = "auto",
+    default_dtype: str = "float32",
 ) -> Any:
-    """The Gradio Blocks of the demo (start it with :func:`serve`)."""
+    """The Gradio Blocks of the demo (start it with :func:`serve`).
+
+    The defaults fill the Settings panel (and are what API clients get when they leave the settings
+    out); they are checked when the model is loaded, so a bad one is a message in the page.
+    """
     cb = PageCallbacks(engine)
     # All model work runs one request at a time: the backbone holds one image.
     model_queue = {"concurrency_id": "persam-model", "concurrency_limit": 1}
     private = {"api_visibility": "private"}
 
     # ------------------------------------------------------------------ layout
-    model_labels = [(f"{CHECKPOINTS[n].model} ({n})", n) for n in MODEL_CHOICES]
+    model_labels = model_choices(default_model)
     with gr.Blocks(title="persam — personalize Segment Anything") as app:
         gr.Markdown(
             "# persam\nSegment **your** object in new photos and videos from one example: "
@@ -925,18 +1039,29 @@ def build_app(
             gr.Markdown(banner, elem_id="banner")
         with gr.Accordion("Settings", open=False, elem_id="settings"):
             with gr.Row():
-                model = gr.Dropdown(model_labels, value=default_model, label="Model", elem_id="model")
+                model = gr.Dropdown(
+                    model_labels,
+                    value=default_model,
+                    label="Model",
+                    info="a name from the list, or the path of a model config JSON file",
+                    allow_custom_value=True,
+                    elem_id="model",
+                )
                 checkpoint = gr.Textbox(
                     value=default_checkpoint,
-                    label="Checkpoint file",
-                    placeholder="empty: the cached official checkpoint",
+                    label="Checkpoint (path, auto or none)",
+                    placeholder=CHECKPOINT_HELP,
                     elem_id="checkpoint",
                 )
                 device = gr.Dropdown(DEVICE_CHOICES, value=default_device, label="Device", elem_id="device")
+                dtype = gr.Dropdown(DTYPE_CHOICES, value=default_dtype, label="Precision", elem_id="dtype")
             with gr.Row():
                 load_btn = gr.Button("Load model", size="sm", scale=0, min_width=140)
-                model_status = gr.Markdown("", elem_id="status-model")
-        settings = [model, checkpoint, device]
+                random_weights = default_checkpoint.strip().lower() == "none" and not banner
+                model_status = gr.Markdown(
+                    RANDOM_WEIGHTS_NOTE if random_weights else "", elem_id="status-model"
+                )
+        settings = [model, checkpoint, device, dtype]
 
         with gr.Tabs():
             # ---------------------------------------------------------- images tab
@@ -1140,12 +1265,23 @@ def build_app(
     return app
 
 
+def model_choices(default_model: str = "") -> list[tuple[str, str]]:
+    """``(label, value)`` of the Model dropdown: the registry models, the small random test models and,
+    when it is neither, ``default_model`` itself (e.g. a config path given on the command line)."""
+    choices = [(f"{CHECKPOINTS[n].model} ({n})", n) for n in MODEL_CHOICES]
+    choices += [(f"{n} (random test model, checkpoint none)", n) for n in random_model_names()]
+    if default_model and default_model not in {value for _, value in choices}:
+        choices.append((default_model, default_model))
+    return choices
+
+
 def create_demo(
     random_model: bool = False,
     model: str = "sam_vit_b",
     checkpoint: str = "",
     device: str = "auto",
     work_dir: Path | None = None,
+    dtype: str = "float32",
 ) -> Any:
     """The demo app (not launched); ``random_model`` serves a small random model with a warning banner."""
     engine = DemoEngine(ModelCache(random_model=random_model), work_dir=work_dir)
@@ -1155,6 +1291,7 @@ def create_demo(
         default_model=model,
         default_checkpoint=checkpoint,
         default_device=device,
+        default_dtype=dtype,
     )
 
 
@@ -1185,9 +1322,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--share", action="store_true", help="also make a public gradio.live link (off by default)"
     )
-    p.add_argument("--model", default="sam_vit_b", choices=MODEL_CHOICES, help="default model (sam_vit_b)")
-    p.add_argument("--checkpoint", default="", help="checkpoint file (default: the cached official file)")
+    p.add_argument(
+        "--model",
+        default="sam_vit_b",
+        metavar="NAME|CONFIG.json",
+        help="default model: a registry name (see 'persam weights list'), a small random test model "
+        f"({', '.join(random_model_names())}) or a model config JSON file (default sam_vit_b)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="",
+        metavar="PATH|auto|none",
+        help="default checkpoint: empty or 'auto' uses the cached official checkpoint (never downloaded "
+        "by the demo), a path uses that file, 'none' keeps random weights, for testing only "
+        "(default: empty)",
+    )
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default device (auto)")
+    p.add_argument(
+        "--dtype", default="float32", choices=DTYPE_CHOICES, help="default model precision (float32)"
+    )
     p.add_argument(
         "--random-model",
         action="store_true",
@@ -1199,7 +1352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app = create_demo(args.random_model, args.model, args.checkpoint, args.device)
+    app = create_demo(args.random_model, args.model, args.checkpoint, args.device, dtype=args.dtype)
     serve(app, args.host, args.port, args.share)
     return 0
 

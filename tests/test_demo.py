@@ -31,7 +31,8 @@ if str(ROOT) not in sys.path:  # `apps` is a folder of the checkout, not an inst
 from apps import demo  # noqa: E402
 
 H, W = 96, 128
-SETTINGS = ("sam_vit_b", "", "cpu")  # model, checkpoint, device (ignored by the random model)
+# model, checkpoint, device (ignored by the random model); the precision is left to its default.
+SETTINGS = ("sam_vit_b", "", "cpu")
 
 
 # ------------------------------------------------------------------------------------ test data
@@ -115,9 +116,18 @@ class Server:
     engine: demo.DemoEngine
 
 
-def start(tmp_path: Path, random_model: bool = True) -> tuple[object, Server]:
+def start(tmp_path: Path, random_model: bool = True, argv: list[str] | None = None) -> tuple[object, Server]:
+    """A served app; ``argv`` (the demo's command line) sets the defaults of the Settings panel."""
+    args = demo.parse_args(argv or [])
     engine = demo.DemoEngine(demo.ModelCache(random_model=random_model), work_dir=tmp_path)
-    app = demo.build_app(engine, banner=demo.RANDOM_BANNER if random_model else None)
+    app = demo.build_app(
+        engine,
+        banner=demo.RANDOM_BANNER if random_model else None,
+        default_model=args.model,
+        default_checkpoint=args.checkpoint,
+        default_device=args.device,
+        default_dtype=args.dtype,
+    )
     _, url, _ = demo.serve(app, "127.0.0.1", free_port(), prevent_thread_lock=True)
     return app, Server(url, gradio_client.Client(url, verbose=False), engine)
 
@@ -136,7 +146,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         torch.set_num_threads(threads)
 
 
-def segment(srv: Server, ref, mask=None, clicks: str = "", method: str = "PerSAM", targets=()):
+def segment(
+    srv: Server, ref, mask=None, clicks: str = "", method: str = "PerSAM", targets=(), settings=SETTINGS
+):
+    """``settings=()`` leaves the model settings out: the server's defaults apply."""
     f = gradio_client.handle_file
     return srv.client.predict(
         None if ref is None else f(str(ref)),
@@ -144,7 +157,7 @@ def segment(srv: Server, ref, mask=None, clicks: str = "", method: str = "PerSAM
         clicks,
         method,
         [f(str(t)) for t in targets],
-        *SETTINGS,
+        *settings,
         api_name="/segment_images",
     )
 
@@ -352,6 +365,116 @@ def test_missing_checkpoint_is_a_message_not_a_stack_trace(
         app.close()
 
 
+@pytest.fixture(scope="module")
+def model_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SAM config (windowed attention only, so one encoder pass takes milliseconds)."""
+    path = tmp_path_factory.mktemp("configs") / "tiny_sam.json"
+    path.write_text(json.dumps({**demo.RANDOM_MODEL_CONFIG, "name": "tiny_json_sam"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def config_server(tmp_path_factory: pytest.TempPathFactory, model_config: Path):
+    """The app as ``python -m apps.demo --model CONFIG.json --checkpoint none --device cpu`` starts it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    argv = ["--model", str(model_config), "--checkpoint", "none", "--device", "cpu"]
+    app, srv = start(tmp_path_factory.mktemp("demo-config-work"), random_model=False, argv=argv)
+    try:
+        yield srv
+    finally:
+        app.close()
+        torch.set_num_threads(threads)
+
+
+def test_model_config_json_with_random_weights_serves_the_images_flow(
+    config_server: Server, data: Data, model_config: Path
+) -> None:
+    info = config_server.client.view_api(print_info=False, return_format="dict")
+    params = {p["label"]: p for p in info["named_endpoints"]["/segment_images"]["parameters"]}
+    assert params["Model"]["parameter_default"] == str(model_config)
+    assert params["Precision"]["parameter_default"] == "float32"
+    with urllib.request.urlopen(config_server.url.rstrip("/") + "/config", timeout=10) as r:
+        config = json.loads(r.read().decode("utf-8"))
+    dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "model")
+    assert str(model_config) in [value for _, value in dropdown["props"]["choices"]]
+
+    gallery, zip_path, status = segment(
+        config_server, data.ref, data.ref_mask, targets=data.targets, settings=()
+    )
+    assert status.startswith("Segmented 3 image(s) with PerSAM.")
+    assert "masks are meaningless" in status  # random weights: said with every result
+    assert len(gallery) == 3
+    assert_mask_zip(zip_path, data.target_sizes)
+    model = config_server.engine.cache.get(demo.ModelSettings(str(model_config), "none", "cpu"))
+    assert model.name == "tiny_json_sam" and model.checkpoint_id.startswith("random:")
+
+    view, mask_path, status = config_server.client.predict(
+        gradio_client.handle_file(str(data.ref)), "[[60, 45, 1]]", api_name="/reference_mask"
+    )
+    assert status.startswith("Reference mask:") and "masks are meaningless" in status
+    with Image.open(mask_path) as im:
+        assert im.size == (W, H)
+
+
+def test_bfloat16_precision_is_used_and_cached_separately(
+    config_server: Server, data: Data, model_config: Path
+) -> None:
+    cache = config_server.engine.cache
+    settings = (str(model_config), "none", "cpu")
+    _, _, status = segment(
+        config_server, data.ref, data.ref_mask, targets=data.targets[:1], settings=settings
+    )
+    assert status.startswith("Segmented 1 image(s)")
+    fp32 = cache.get(demo.ModelSettings(*settings, "float32"))
+    gallery, zip_path, status = segment(
+        config_server, data.ref, data.ref_mask, targets=data.targets[:2], settings=(*settings, "bfloat16")
+    )
+    assert status.startswith("Segmented 2 image(s)") and "⚠️ Unexpected" not in status
+    assert len(gallery) == 2
+    assert_mask_zip(zip_path, {t.name: data.target_sizes[t.name] for t in data.targets[:2]})
+    bf16 = cache.get(demo.ModelSettings(*settings, "bfloat16"))
+    assert bf16 is not fp32 and bf16.dtype == torch.bfloat16 and fp32.dtype == torch.float32
+
+
+def test_bad_model_values_give_messages_and_the_app_keeps_serving(
+    tmp_path: Path, data: Data, model_config: Path
+) -> None:
+    torch.set_num_threads(1)
+    app, srv = start(tmp_path / "work", random_model=False, argv=["--model", "sam_vit_q", "--device", "cpu"])
+    try:
+        _, _, status = segment(srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=())
+        assert_error(status, "unknown model 'sam_vit_q'", "sam_vit_b", "tiny_random_sam", "json")
+
+        not_json = tmp_path / "broken.json"
+        not_json.write_text('{"image_encoder": ')
+        not_sam = tmp_path / "other.json"
+        not_sam.write_text('{"layers": 3}')
+        for model, checkpoint, words in (
+            (str(tmp_path / "missing.json"), "none", ("model config file not found", "missing.json")),
+            (str(not_json), "none", ("broken.json", "not valid json")),
+            (str(not_sam), "none", ("other.json", "unrecognised model config")),
+            (str(model_config), "", ("no official checkpoint", "none")),  # a config has no cached file
+            ("tiny_random_sam", "auto", ("tiny_random_sam has no official checkpoint",)),
+        ):
+            _, _, status = segment(
+                srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=(model, checkpoint, "cpu")
+            )
+            assert_error(status, *words)
+
+        gallery, _, status = segment(
+            srv,
+            data.ref,
+            data.ref_mask,
+            targets=data.targets[:1],
+            settings=("tiny_random_sam", "none", "cpu"),
+        )
+        assert status.startswith("Segmented 1 image(s)") and "masks are meaningless" in status
+        assert len(gallery) == 1
+    finally:
+        app.close()
+
+
 # ---------------------------------------------------------------------------- functions, no server
 def test_parse_clicks() -> None:
     assert demo.parse_clicks("") == []
@@ -386,6 +509,19 @@ def test_command_line_defaults_are_local_and_private() -> None:
     assert (args.host, args.port, args.share, args.random_model) == ("127.0.0.1", 7860, False, False)
     args = demo.parse_args(["--host", "0.0.0.0", "--port", "8000", "--random-model"])
     assert (args.host, args.port, args.share, args.random_model) == ("0.0.0.0", 8000, False, True)
+    assert (args.model, args.checkpoint, args.dtype) == ("sam_vit_b", "", "float32")
+    args = demo.parse_args(["--model", "cfg/my_sam.json", "--checkpoint", "none", "--dtype", "bfloat16"])
+    assert (args.model, args.checkpoint, args.dtype) == ("cfg/my_sam.json", "none", "bfloat16")
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--dtype", "float8"])
+
+
+def test_model_dropdown_lists_registry_random_and_given_models() -> None:
+    values = [value for _, value in demo.model_choices("sam_vit_b")]
+    assert values[: len(demo.MODEL_CHOICES)] == demo.MODEL_CHOICES
+    assert {"tiny_random_sam", "tiny_random_mobile_sam", "tiny_random_efficient_sam"} <= set(values)
+    assert values.count("sam_vit_b") == 1
+    assert [value for _, value in demo.model_choices("cfg/my_sam.json")][-1] == "cfg/my_sam.json"
 
 
 def test_clicks_reuse_the_reference_embedding(tmp_path: Path) -> None:
@@ -435,3 +571,7 @@ def test_unavailable_device_and_unknown_model_are_messages(tmp_path: Path) -> No
     ckpt = tmp_path / "given.pth"
     ckpt.write_bytes(b"")
     assert demo.resolve_checkpoint_path("sam_vit_b", f"  {ckpt}  ") == ckpt
+    assert demo.resolve_checkpoint_path("tiny_random_sam", " None ") is None
+    assert demo.resolve_dtype(" BFloat16 ") == "bfloat16"
+    with pytest.raises(demo.DemoError, match="Unknown precision 'float8'"):
+        demo.resolve_dtype("float8")
