@@ -32,9 +32,10 @@ from persam.personalize.core import (
     location_prior,
     reference_grid_mask,
     resolve_coverage_threshold,
-    similarity_map,
+    similarity_maps,
     target_embedding,
     target_guided_attention,
+    unit_embedding,
 )
 from persam.personalize.finetune import (
     ENGINES,
@@ -513,12 +514,12 @@ def segment_current_image(
     """
     if max_instances < 1:
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
-    searches = []
-    for c in concepts:
-        _, sim = similarity_map(model, c.target_feat.to(model.device))
-        searches.append(_Search(c, sim, sim.clone(), float(sim.min())))
+    if not concepts:
+        return []
+    searches = _start_searches(model, concepts, keep_original=max_instances > 1)
     primaries: list[SegmentationResult | None] = [None] * len(searches)
     for round_idx in range(max_instances):
+        more_rounds = round_idx + 1 < max_instances
         for method in METHODS:
             group = [i for i, s in enumerate(searches) if not s.done and s.concept.method == method]
             if not group:
@@ -552,10 +553,10 @@ def segment_current_image(
                     continue
                 s.instances.append(dataclasses.replace(result))
                 s.union = mask_t.clone() if s.union is None else (s.union | mask_t)
-                # Suppress the found region so that the next positive point lies elsewhere.
-                s.work[mask_t.to(s.work.device)] = s.floor
-                if float(s.work.max()) <= s.floor:
-                    s.done = True
+                if more_rounds:
+                    # Suppress the found region so that the next positive point lies elsewhere.
+                    s.work.masked_fill_(mask_t.to(s.work.device), s.floor)
+                    s.done = float(s.work.max()) <= s.floor
         if all(s.done for s in searches):
             break
     results = []
@@ -569,6 +570,18 @@ def segment_current_image(
             primary.similarity = s.sim.float().cpu().numpy()
         results.append(primary)
     return results
+
+
+def _start_searches(model: Backbone, concepts: Sequence[Concept], *, keep_original: bool) -> list[_Search]:
+    """The similarity maps of every concept on the current image (one matrix product and one
+    batched up-sampling for all) as fresh searches; ``keep_original`` keeps an unmodified copy
+    of each map beside the one the multi-instance search suppresses."""
+    feats = torch.cat([c.target_feat.reshape(1, -1).to(model.device) for c in concepts])
+    _, sims = similarity_maps(model, feats, unit=unit_embedding(model.features))
+    return [
+        _Search(c, sim, sim.clone() if keep_original else sim, float(sim.min()))
+        for c, sim in zip(concepts, sims, strict=True)
+    ]
 
 
 def segment_concepts(
@@ -639,5 +652,12 @@ def mask_from_prompts(
         if arr is not None and not np.isfinite(arr).all():
             raise InputError(f"{what} must be finite numbers")
     model.set_image(img)
-    masks, scores, _, _ = model.predict(pts, lab, bx, multimask_output=True)
-    return masks[int(np.argmax(scores))]
+    dev = model.device
+    pc = None if pts is None else torch.as_tensor(pts, dtype=torch.float32, device=dev)[None]
+    pl = None if lab is None else torch.as_tensor(lab, dtype=torch.int64, device=dev)[None]
+    boxes = None if bx is None else torch.as_tensor(bx, dtype=torch.float32, device=dev).reshape(1, 4)
+    out = model.decode(pc, pl, boxes, None, multimask_output=True)
+    best = int(out.iou_predictions[0].argmax())
+    # Only the chosen mask is brought to the original size.
+    logits = model.postprocess(out.low_res_logits[:, best : best + 1])[0, 0]
+    return model.binarize(logits).cpu().numpy()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from persam.backbones.base import Backbone
+from persam.backbones.sam import SamBackbone
 from persam.io import InputError
 
 #: Red channel of SAM's ``pixel_mean``: the value a reference-mask pixel has to exceed (after the
@@ -185,14 +186,43 @@ def target_embedding(
 
 
 # ------------------------------------------------------------------------------------ priors
-def similarity_grid(features: torch.Tensor, target_feat: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of ``target_feat [K, C]`` (normalised) with each cell of ``features
-    [1, C, h, w]``: ``[K, 1, h, w]``."""
+def unit_embedding(features: torch.Tensor) -> torch.Tensor:
+    """The image side of the cosine similarity: ``features [1, C, h, w]`` with every cell scaled to
+    unit L2 norm, ``[C, h, w]``. It depends on the image only, so one call serves every object."""
     feat = features.squeeze(0)
-    c, h, w = feat.shape
-    feat = feat / feat.norm(dim=0, keepdim=True)
-    sim = target_feat.to(feat) @ feat.reshape(c, h * w)
+    return feat / feat.norm(dim=0, keepdim=True)
+
+
+def similarity_grid(
+    features: torch.Tensor, target_feat: torch.Tensor, *, unit: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cosine similarity of ``target_feat [K, C]`` (normalised) with each cell of ``features
+    [1, C, h, w]``: ``[K, 1, h, w]``. ``unit`` is :func:`unit_embedding` of ``features`` when the
+    caller already has it."""
+    if unit is None:
+        unit = unit_embedding(features)
+    c, h, w = unit.shape
+    sim = target_feat.reshape(-1, c).to(unit) @ unit.reshape(c, h * w)
     return sim.reshape(-1, 1, h, w)
+
+
+def similarity_maps(
+    backbone: Backbone, target_feats: torch.Tensor, *, unit: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity of the current image with ``K`` object features at once (one matrix product, one
+    batched up-sampling; each map equals :func:`similarity_map` of its feature).
+
+    Args:
+        backbone: with an image set.
+        target_feats: ``[K, C]`` normalised (:func:`target_embedding`).
+        unit: :func:`unit_embedding` of ``backbone.features``, if already computed.
+
+    Returns:
+        ``(grids [K, 1, h, w]`` on the embedding grid, ``sims [K, H, W]`` at the original size).
+    """
+    grid = similarity_grid(backbone.features, target_feats, unit=unit)
+    low = F.interpolate(grid, scale_factor=4, mode="bilinear", align_corners=False)
+    return grid, backbone.postprocess(low)[:, 0]
 
 
 def similarity_map(backbone: Backbone, target_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,9 +236,40 @@ def similarity_map(backbone: Backbone, target_feat: torch.Tensor) -> tuple[torch
         ``(sim_grid [1, 1, h, w]`` on the embedding grid, ``sim [H, W]`` at the original size:
         4x bilinear up-sampling to the low-res frame, then :meth:`Backbone.postprocess`).
     """
-    grid = similarity_grid(backbone.features, target_feat.reshape(1, -1))
-    low = F.interpolate(grid, scale_factor=4, mode="bilinear", align_corners=False)
-    return grid, backbone.postprocess(low)[0, 0]
+    grid, sims = similarity_maps(backbone, target_feat.reshape(1, -1))
+    return grid, sims[0]
+
+
+def top_indices(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries of a 1-D tensor, in the order of a stable descending
+    sort (decreasing value, exact ties by increasing index), without sorting all of it.
+
+    ``torch.topk`` finds the ``k + 1`` largest values. When the ``k``-th is strictly above the
+    next one, its ``k`` indices are the answer; otherwise every entry above the ``k``-th value is
+    taken and the entries equal to it fill the remaining places in index order. NaN ranks above
+    every number, as in ``torch.sort``; a map holding NaN falls back to the full sort.
+
+    Returns:
+        int64 ``[min(k, n)]``.
+    """
+    n = values.numel()
+    k = min(int(k), n)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.int64, device=values.device)
+    if k == 1:
+        return values.argmax().reshape(1)  # the first maximal index
+    top, idx = torch.topk(values, min(k + 1, n))
+    if bool(torch.isnan(top[0])):  # comparisons cannot place NaN
+        return torch.sort(values, descending=True, stable=True)[1][:k]
+    if k < n and bool(top[k - 1] > top[k]):
+        chosen = torch.sort(idx[:k])[0]
+    else:  # a tie across the k-th place: the lowest indices among the tied entries
+        kth = top[k - 1]
+        above = torch.nonzero(values > kth).flatten()
+        tied = torch.nonzero(values == kth).flatten()[: k - above.numel()]
+        chosen = torch.cat([above, tied])
+    # Entries of equal value appear in ``chosen`` in index order: a stable sort by value keeps it.
+    return chosen[torch.sort(values[chosen], descending=True, stable=True)[1]]
 
 
 def location_prior(sim: torch.Tensor, topk: int = 1, negative: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -226,10 +287,7 @@ def location_prior(sim: torch.Tensor, topk: int = 1, negative: bool = True) -> t
         raise ValueError(f"sim must be [H, W], got {tuple(sim.shape)}")
     w = sim.shape[1]
     flat = sim.reshape(-1)
-    if topk == 1:
-        idx = flat.argmax().reshape(1)
-    else:
-        idx = torch.sort(flat, descending=True, stable=True)[1][:topk]
+    idx = top_indices(flat, topk)
     labels = [1] * int(idx.numel())
     if negative:
         idx = torch.cat([idx, flat.argmin().reshape(1)])
@@ -277,6 +335,48 @@ def target_guided_attention(
     else:
         grid = backbone.mask_to_embedding_grid(s, pad_value=float(s.min()))[None, None]
     return grid.sigmoid().unsqueeze(0).flatten(3).reshape(1, 1, 1, -1)
+
+
+def _resize_layout(backbone: Backbone, low_res: torch.Tensor) -> torch.Tensor:
+    """``low_res [1, C, 256, 256]`` in the memory layout :meth:`Backbone.postprocess` resizes fastest.
+
+    On the CPU, torch's bilinear resize of a ``C > 1`` NCHW map is 2-4x slower than the same
+    resize of a channels-last map, with the same per-pixel arithmetic (bit-identical results).
+    SAM's post-processing is bilinear; other backbones keep NCHW (EfficientSAM's bicubic resize is
+    slower channels-last).
+    """
+    if low_res.shape[1] > 1 and low_res.device.type == "cpu" and isinstance(backbone, SamBackbone):
+        return low_res.contiguous(memory_format=torch.channels_last)
+    return low_res
+
+
+def postprocess_each(backbone: Backbone, low_res: torch.Tensor) -> torch.Tensor:
+    """:meth:`Backbone.postprocess` of ``low_res [B, C, 256, 256]``, on the CPU one prompt set at a
+    time: contiguous ``[B, C, H, W]``, bit-identical to one batched call but faster (the
+    1024x1024 intermediate of one set stays small, and see :func:`_resize_layout`)."""
+    if low_res.device.type != "cpu":
+        return backbone.postprocess(low_res).contiguous()
+    b, c = low_res.shape[:2]
+    h, w = backbone.original_size
+    out = torch.empty(b, c, h, w, dtype=torch.float32)
+    for i in range(b):
+        out[i] = backbone.postprocess(_resize_layout(backbone, low_res[i : i + 1]))[0]
+    return out
+
+
+def mask_areas(backbone: Backbone, low_res: torch.Tensor) -> torch.Tensor:
+    """Pixel areas of the masks of ``low_res [B, C, 256, 256]`` at the original size (the
+    backbone's post-processing and threshold), without keeping the full-size logits:
+    int64 ``[B, C]`` on the CPU."""
+    if low_res.device.type != "cpu":
+        return backbone.binarize(backbone.postprocess(low_res)).sum(dim=(-2, -1)).cpu()
+    areas = [
+        backbone.binarize(backbone.postprocess(_resize_layout(backbone, low_res[i : i + 1]))).sum(
+            dim=(-2, -1)
+        )
+        for i in range(low_res.shape[0])
+    ]
+    return torch.cat(areas).to(torch.int64)
 
 
 def mask_box(mask: np.ndarray | torch.Tensor) -> np.ndarray | None:
@@ -391,35 +491,51 @@ def decode_stage(
         active = torch.ones(b, dtype=torch.bool)
     active = active.cpu().to(torch.bool)
     sel = torch.nonzero(active).flatten()
-    h, w = backbone.original_size
     c = 3 if multimask_output else 1
-    low = torch.zeros(b, c, 256, 256, device=dev)
-    scores = torch.zeros(b, c, device=dev)
-    chosen = torch.zeros(b, dtype=torch.int64)
-    logits = torch.zeros(b, h, w, device=dev)
-    if sel.numel() > 0:
-        out = backbone.decode(
-            _take(points, sel, b).to(dev),
-            _take(labels, sel, b).to(dev),
-            boxes=_take(boxes, sel, b),
-            mask_input=_take(mask_input, sel, b),
-            multimask_output=multimask_output,
-            attn_sim=_take(attn_sim, sel, b),
-            target_embedding=_take(target_embedding, sel, b),
+    if sel.numel() == 0:
+        h, w = backbone.original_size
+        return Stage(
+            name=name,
+            active=active,
+            low_res_logits=torch.zeros(b, c, 256, 256, device=dev),
+            scores=torch.zeros(b, c, device=dev),
+            best_idx=torch.zeros(b, dtype=torch.int64),
+            logits=torch.zeros(b, h, w, device=dev),
+            mask=torch.zeros(b, h, w, dtype=torch.bool, device=dev),
+            box_prompt=boxes,
+            mask_input=mask_input,
         )
-        if best_idx is not None:
-            pick = best_idx.cpu().to(torch.int64)[sel]
-        elif multimask_output:
-            pick = out.iou_predictions.argmax(dim=1).cpu()
-        else:
-            pick = torch.zeros(sel.numel(), dtype=torch.int64)
-        best = out.low_res_logits[torch.arange(sel.numel(), device=dev), pick.to(dev)][:, None]
-        low[sel.to(dev)] = out.low_res_logits
-        scores[sel.to(dev)] = out.iou_predictions
-        chosen[sel] = pick
-        logits[sel.to(dev)] = backbone.postprocess(best)[:, 0]
-    mask = binarize(backbone, logits) & active.to(dev)[:, None, None]
-    return Stage(name, active, low, scores, chosen, logits, mask, boxes, mask_input)
+    out = backbone.decode(
+        _take(points, sel, b).to(dev),
+        _take(labels, sel, b).to(dev),
+        boxes=_take(boxes, sel, b),
+        mask_input=_take(mask_input, sel, b),
+        multimask_output=multimask_output,
+        attn_sim=_take(attn_sim, sel, b),
+        target_embedding=_take(target_embedding, sel, b),
+    )
+    if best_idx is not None:
+        pick = best_idx.cpu().to(torch.int64)[sel]
+    elif multimask_output:
+        pick = out.iou_predictions.argmax(dim=1).cpu()
+    else:
+        pick = torch.zeros(sel.numel(), dtype=torch.int64)
+    # Only the chosen mask is brought to the original size.
+    best = out.low_res_logits[torch.arange(sel.numel(), device=dev), pick.to(dev)][:, None]
+    logits = backbone.postprocess(best)[:, 0]
+    low, scores, mask = out.low_res_logits, out.iou_predictions, binarize(backbone, logits)
+    if sel.numel() < b:  # the skipped prompt sets get zeros and empty masks
+        low, scores, pick, logits, mask = (
+            _scatter_rows(t, sel, b) for t in (low, scores, pick, logits, mask)
+        )
+    return Stage(name, active, low, scores, pick, logits, mask, boxes, mask_input)
+
+
+def _scatter_rows(t: torch.Tensor, sel: torch.Tensor, b: int) -> torch.Tensor:
+    """``[len(sel), ...]`` -> ``[b, ...]`` with the rows at ``sel`` and zeros elsewhere."""
+    out = t.new_zeros(b, *t.shape[1:])
+    out[sel.to(t.device)] = t
+    return out
 
 
 def binarize(backbone: Backbone, logits: torch.Tensor) -> torch.Tensor:
@@ -457,25 +573,27 @@ def _box_prompt(stage: Stage) -> tuple[torch.Tensor, torch.Tensor]:
 
 def finish_cascade(stages: Sequence[Stage]) -> CascadeResult:
     """Picks, per prompt set, the last stage that ran and produced a non-empty mask."""
-    first = stages[0]
-    b = first.active.numel()
-    masks = first.mask.clone()
-    scores = first.best_score.clone().cpu()
+    b = stages[0].active.numel()
+    source = torch.zeros(b, dtype=torch.int64)  # the stage that gives each final mask
+    boxed = torch.zeros(b, dtype=torch.bool)  # False: the first stage by default, no box
+    nonempty = stages[0].mask.flatten(1).any(dim=1).cpu()
+    for k, st in enumerate(stages):
+        st_nonempty = st.mask.flatten(1).any(dim=1).cpu()
+        # A stage that ran replaces an earlier empty result even if it is empty too, so that a
+        # fully empty cascade reports the last stage's score.
+        take = st.active & (st_nonempty | ~nonempty)
+        source[take] = k
+        boxed |= take
+        nonempty[take] = st_nonempty[take]
+    picks = source.tolist()
+    masks = torch.stack([stages[k].mask[i] for i, k in enumerate(picks)])
+    scores = torch.stack([stages[k].best_score[i].cpu() for i, k in enumerate(picks)])
     boxes = torch.full((b, 4), -1, dtype=torch.int64)
-    names = [first.name] * b
-    for st in stages:
-        ok = (st.active & st.mask.flatten(1).any(dim=1).cpu()).tolist()
-        ran = st.active.tolist()
-        for i in range(b):
-            # A stage that ran replaces an earlier empty result even if it is empty too, so that
-            # a fully empty cascade reports the last stage's score.
-            if ok[i] or (ran[i] and not bool(masks[i].any())):
-                masks[i] = st.mask[i]
-                scores[i] = st.best_score[i].cpu()
-                names[i] = st.name
-                boxes[i] = -1 if st.box_prompt is None else st.box_prompt[i].round().to(torch.int64).cpu()
-    found = masks.flatten(1).any(dim=1)
-    return CascadeResult(masks, scores, found, boxes, names, list(stages))
+    for i, k in enumerate(picks):
+        if bool(boxed[i]) and stages[k].box_prompt is not None:
+            boxes[i] = stages[k].box_prompt[i].round().to(torch.int64).cpu()
+    names = [stages[k].name for k in picks]
+    return CascadeResult(masks, scores, nonempty.clone(), boxes, names, list(stages))
 
 
 def persam_first_step(

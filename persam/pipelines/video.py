@@ -17,8 +17,9 @@ pixel belongs to the object with the highest positive logit. An object whose mas
 is reported absent; on the next frame it is searched with its similarity points alone (no box)
 until it is found again.
 
-Cost per frame: one image-encoder pass, whatever the number of objects, and one batched decoder
-call per step for all objects (``B`` = number of objects).
+Cost per frame: one image-encoder pass, whatever the number of objects, one similarity product
+and up-sampling for all objects, and one batched decoder call per step for all objects (``B`` =
+number of objects).
 
 ``compat="official"`` reproduces the reference PerSAM video script number for number, including
 two of its accidents: mask areas compared as ``uint8`` (modulo 256) when choosing the largest mask,
@@ -44,12 +45,14 @@ from persam.personalize.core import (
     MaskTooSmallError,
     decode_stage,
     location_prior,
+    mask_areas,
     mask_box,
     reference_coverage_grid,
     reference_grid_mask,
     refine,
-    similarity_map,
+    similarity_maps,
     target_embedding,
+    unit_embedding,
 )
 from persam.personalize.finetune import fit_mask_weights, reference_training_logits
 from persam.video_io import FirstMask, FrameSource, Prefetcher, load_first_mask, open_video
@@ -296,8 +299,7 @@ class VideoTracker:
         else:
             slots = range(len(self.objects))
         out = []
-        for slot in slots:
-            _, sim = similarity_map(self.model, self.objects[slot].target_feat)
+        for slot, sim in zip(slots, self._similarity_maps(slots), strict=True):
             xy, labels = location_prior(sim, self.topk, negative=False)
             xy = np.asarray(xy, dtype=np.int64).reshape(-1, 2)
             labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -313,6 +315,16 @@ class VideoTracker:
             else:
                 out.append(_Prompt(slot, xy, labels, None))
         return out
+
+    def _similarity_maps(self, slots: Sequence[int]) -> torch.Tensor:
+        """``[K, H, W]`` similarity maps of the objects in ``slots`` on the current frame (one
+        matrix product and one batched up-sampling for all)."""
+        if not slots:
+            h, w = self._size
+            return torch.zeros(0, h, w)
+        dev = self.model.device
+        feats = torch.cat([self.objects[slot].target_feat.reshape(1, -1).to(dev) for slot in slots])
+        return similarity_maps(self.model, feats, unit=unit_embedding(self.model.features))[1]
 
     def _groups(self, prompts: Sequence[_Prompt]) -> list[list[int]]:
         """Prompt sets that can share one decoder batch (same number of points, box or not)."""
@@ -357,7 +369,7 @@ class VideoTracker:
             for k, p in enumerate(prompts):
                 self._emit("call1", index, p.slot, {"scores": out1.iou_predictions[k], "low_res": low1[k]})
         else:
-            areas = self.model.binarize(self.model.postprocess(low1)).sum(dim=(-2, -1)).cpu()  # [B, 3]
+            areas = mask_areas(self.model, low1)  # [B, 3]
             for k, p in enumerate(prompts):
                 info = {"scores": out1.iou_predictions[k], "low_res": low1[k], "areas": areas[k]}
                 self._emit("call1", index, p.slot, info)
@@ -398,13 +410,14 @@ class VideoTracker:
         # A running maximum equals argmax over [zeros, logits...] with ties to the lower index
         # (only a strictly larger logit takes a pixel over) and is much cheaper than an argmax
         # across a stacked [K + 1, H, W] tensor.
-        first = logits[slots[0]][1]
-        best = torch.zeros_like(first, dtype=torch.float32)
+        first = logits[slots[0]][1].float()
         label = torch.zeros(first.shape, dtype=torch.uint8, device=first.device)
-        for s in slots:
+        label.masked_fill_(first > 0, self.objects[slots[0]].object_id)
+        best = first.clamp_min(0)
+        for s in slots[1:]:
             x = logits[s][1].float()
-            label[x > best] = self.objects[s].object_id
-            best = torch.maximum(best, x)
+            label.masked_fill_(x > best, self.objects[s].object_id)
+            torch.maximum(best, x, out=best)
         return label.cpu().numpy()
 
     def _update_boxes(self, result: FrameResult) -> None:
