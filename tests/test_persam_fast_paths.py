@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -136,18 +137,28 @@ def test_location_prior_on_a_large_map_with_a_plateau(topk):
 
 
 # ---------------------------------------------------------------------------- post-processing
-@pytest.mark.parametrize(("h", "w"), [(37, 53), (120, 200), (90, 60)])
-def test_postprocess_each_and_mask_areas_equal_one_batched_call(model, h, w):
+def _official_postprocess(low: torch.Tensor, input_size, original_size) -> torch.Tensor:
+    """The reference post-processing, written out: full up-sampling, crop, resize (NCHW, batched)."""
+    x = F.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)
+    x = x[..., : input_size[0], : input_size[1]]
+    return F.interpolate(x, tuple(original_size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize(("h", "w"), [(37, 53), (120, 200), (90, 60), (480, 854), (1100, 120), (64, 64)])
+def test_postprocess_and_mask_areas_equal_the_reference_computation(model, h, w):
+    # SamBackbone.postprocess up-samples only the rows/columns that survive the crop, one prompt
+    # set at a time in channels-last layout: the result must be bit-identical all the same.
     rng = np.random.default_rng(h)
     model.set_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     low = torch.from_numpy(rng.normal(0, 4, (2, 3, 256, 256)).astype(np.float32))
-    plain = model.postprocess(low)
-    fast = core.postprocess_each(model, low)
-    assert fast.is_contiguous() and torch.equal(fast, plain)
-    assert torch.equal(core.postprocess_each(model, low[:, :1]), model.postprocess(low[:, :1]))
+    reference = _official_postprocess(low, model.input_size, model.original_size)
+    fast = model.postprocess(low)
+    assert fast.is_contiguous() and torch.equal(fast, reference)
+    single = _official_postprocess(low[:1, :1], model.input_size, model.original_size)
+    assert torch.equal(model.postprocess(low[:1, :1]), single)
     areas = core.mask_areas(model, low)
     assert areas.dtype == torch.int64
-    assert torch.equal(areas, model.binarize(plain).sum(dim=(-2, -1)))
+    assert torch.equal(areas, model.binarize(reference).sum(dim=(-2, -1)))
 
 
 def test_similarity_maps_equal_one_map_per_object(model):

@@ -86,8 +86,26 @@ class Sam(nn.Module):
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:
         """``[B, C, 256, 256]`` low-res maps -> ``[B, C, H, W]``: bilinear to the padded frame, crop
-        the resized image ``input_size``, bilinear to ``original_size`` (align_corners=False)."""
-        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        the resized image ``input_size``, bilinear to ``original_size`` (align_corners=False).
+
+        Only the low-res rows / columns that reach the crop are up-sampled: with the scale kept at
+        exactly ``img_size / 256``, every kept output pixel reads the same two source rows and
+        columns with the same weights as in the full up-sampling, so the result is bit-identical,
+        and the padding of non-square images costs nothing.
+        """
+        h_low, w_low = masks.shape[-2:]
+        fy, fx = self.img_size / h_low, self.img_size / w_low
+        if fy.is_integer() and fx.is_integer():
+            fy, fx = int(fy), int(fx)
+            # Output row i samples source row (i + 0.5) / fy - 0.5: the kept rows (< input_size[0])
+            # read source rows up to ceil(input_size[0] / fy) at most; columns likewise.
+            rows = min(h_low, -(-input_size[0] // fy) + 1)
+            cols = min(w_low, -(-input_size[1] // fx) + 1)
+            masks = F.interpolate(
+                masks[..., :rows, :cols], (rows * fy, cols * fx), mode="bilinear", align_corners=False
+            )
+        else:
+            masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from persam.backbones.base import Backbone
-from persam.backbones.sam import SamBackbone
 from persam.io import InputError
 
 #: Red channel of SAM's ``pixel_mean``: the value a reference-mask pixel has to exceed (after the
@@ -337,43 +336,12 @@ def target_guided_attention(
     return grid.sigmoid().unsqueeze(0).flatten(3).reshape(1, 1, 1, -1)
 
 
-def _resize_layout(backbone: Backbone, low_res: torch.Tensor) -> torch.Tensor:
-    """``low_res [1, C, 256, 256]`` in the memory layout :meth:`Backbone.postprocess` resizes fastest.
-
-    On the CPU, torch's bilinear resize of a ``C > 1`` NCHW map is 2-4x slower than the same
-    resize of a channels-last map, with the same per-pixel arithmetic (bit-identical results).
-    SAM's post-processing is bilinear; other backbones keep NCHW (EfficientSAM's bicubic resize is
-    slower channels-last).
-    """
-    if low_res.shape[1] > 1 and low_res.device.type == "cpu" and isinstance(backbone, SamBackbone):
-        return low_res.contiguous(memory_format=torch.channels_last)
-    return low_res
-
-
-def postprocess_each(backbone: Backbone, low_res: torch.Tensor) -> torch.Tensor:
-    """:meth:`Backbone.postprocess` of ``low_res [B, C, 256, 256]``, on the CPU one prompt set at a
-    time: contiguous ``[B, C, H, W]``, bit-identical to one batched call but faster (the
-    1024x1024 intermediate of one set stays small, and see :func:`_resize_layout`)."""
-    if low_res.device.type != "cpu":
-        return backbone.postprocess(low_res).contiguous()
-    b, c = low_res.shape[:2]
-    h, w = backbone.original_size
-    out = torch.empty(b, c, h, w, dtype=torch.float32)
-    for i in range(b):
-        out[i] = backbone.postprocess(_resize_layout(backbone, low_res[i : i + 1]))[0]
-    return out
-
-
 def mask_areas(backbone: Backbone, low_res: torch.Tensor) -> torch.Tensor:
     """Pixel areas of the masks of ``low_res [B, C, 256, 256]`` at the original size (the
-    backbone's post-processing and threshold), without keeping the full-size logits:
-    int64 ``[B, C]`` on the CPU."""
-    if low_res.device.type != "cpu":
-        return backbone.binarize(backbone.postprocess(low_res)).sum(dim=(-2, -1)).cpu()
+    backbone's post-processing and threshold), one prompt set at a time so that the full-size
+    logits of only one set are alive: int64 ``[B, C]`` on the CPU."""
     areas = [
-        backbone.binarize(backbone.postprocess(_resize_layout(backbone, low_res[i : i + 1]))).sum(
-            dim=(-2, -1)
-        )
+        backbone.binarize(backbone.postprocess(low_res[i : i + 1])).sum(dim=(-2, -1)).cpu()
         for i in range(low_res.shape[0])
     ]
     return torch.cat(areas).to(torch.int64)

@@ -46,7 +46,6 @@ from persam.personalize.core import (
     binarize,
     finish_cascade,
     location_prior,
-    postprocess_each,
     refine,
     similarity_map,
 )
@@ -317,7 +316,7 @@ def reference_training_logits(backbone: Backbone, target_feat: torch.Tensor) -> 
         torch.as_tensor(labels, device=backbone.device)[None],
         multimask_output=True,
     )
-    high = postprocess_each(backbone, out.low_res_logits)[0]
+    high = backbone.postprocess(out.low_res_logits)[0]
     return TrainingPrompt(points, labels, high, out.low_res_logits[0], out.iou_predictions[0], sim)
 
 
@@ -356,7 +355,7 @@ def weighted_first_step(
     b = points.shape[0]
     out = backbone.decode(points.to(dev), labels.to(dev), multimask_output=True)
     w = torch.as_tensor(mask_weights, dtype=torch.float32, device=dev).reshape(-1, 3).expand(b, 3)
-    high = postprocess_each(backbone, out.low_res_logits)
+    high = backbone.postprocess(out.low_res_logits)
     blended_high = (high * w[:, :, None, None]).sum(1)
     blended_low = (out.low_res_logits * w[:, :, None, None]).sum(1, keepdim=True)
     scores = (out.iou_predictions * w).sum(1, keepdim=True)
