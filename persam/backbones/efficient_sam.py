@@ -48,7 +48,8 @@ class EfficientSamBackbone(Backbone):
         """uint8 ``[H, W, 3]`` RGB -> ``[1, 3, S, S]`` float32 encoder input: ``uint8 / 255``,
         anisotropic bilinear stretch, mean/std normalisation."""
         image = check_image(image)
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        # A private copy: torch cannot wrap read-only arrays (e.g. decoded video frames) safely.
+        x = torch.from_numpy(np.array(image, dtype=np.uint8, order="C", copy=True)).to(self.device)
         x = x.permute(2, 0, 1)[None].to(torch.float32) / 255.0
         return self.model.preprocess(x)
 
