@@ -11,7 +11,7 @@ Prints, for one synthetic reference/test pair of ``--size`` x ``--size`` pixels:
 
 Examples::
 
-    python eval/bench_persam.py                       # tiny fixture config if present
+    python eval/bench_persam.py                       # tiny fixture config, else tiny_random_sam
     python eval/bench_persam.py --naive --steps 1000
     python eval/bench_persam.py --model sam_vit_b --steps 200 --naive
 """
@@ -33,52 +33,6 @@ from persam.personalize.finetune import fit_mask_weights, naive_logits_fn, refer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIXTURE = ROOT.parent / "shared" / "fixtures" / "sam" / "tiny_config.json"
-
-# A small SAM (used when the fixture config is absent): 64-dim, 4-layer ViT, 64-dim decoder.
-SMALL_CONFIG = {
-    "name": "small_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "in_chans": 3,
-        "embed_dim": 64,
-        "depth": 4,
-        "num_heads": 4,
-        "mlp_ratio": 4.0,
-        "out_chans": 64,
-        "qkv_bias": True,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "act_layer": "GELU",
-        "use_abs_pos": True,
-        "use_rel_pos": True,
-        "rel_pos_zero_init": True,
-        "window_size": 14,
-        "global_attn_indexes": [1, 3],
-    },
-    "prompt_encoder": {
-        "class": "PromptEncoder",
-        "embed_dim": 64,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 16,
-    },
-    "mask_decoder": {
-        "class": "MaskDecoder",
-        "transformer_dim": 64,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 64,
-        "transformer": {
-            "class": "TwoWayTransformer",
-            "depth": 2,
-            "embedding_dim": 64,
-            "num_heads": 4,
-            "mlp_dim": 128,
-            "attention_downsample_rate": 2,
-        },
-    },
-}
 
 
 def synthetic_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -114,7 +68,9 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--model", default=None, help="registry name or JSON config (default: tiny fixture config)"
+        "--model",
+        default=None,
+        help="registry name or JSON config (default: the tiny fixture config, else tiny_random_sam)",
     )
     ap.add_argument("--size", type=int, default=640, help="side of the square synthetic images")
     ap.add_argument("--steps", type=int, default=1000, help="PerSAM-F optimisation steps")
@@ -125,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    source = args.model or (str(TINY_FIXTURE) if TINY_FIXTURE.is_file() else SMALL_CONFIG)
+    # Without the fixture config, the (smaller) built-in random test model.
+    source = args.model or (str(TINY_FIXTURE) if TINY_FIXTURE.is_file() else "tiny_random_sam")
     model = build_model(source, checkpoint="none")
-    label = source if isinstance(source, str) else "built-in small config"
     size = f"{args.size}x{args.size}"
-    print(f"model: {label} ({model.name}, random weights), image {size}, {args.threads} thread(s)")
+    print(f"model: {source} ({model.name}, random weights), image {size}, {args.threads} thread(s)")
 
     ref, ref_mask, test = synthetic_pair(args.size)
     concept = learn(model, ref, ref_mask, method="persam")

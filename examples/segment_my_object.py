@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The whole API: build a model, learn the object once, segment any number of images.
         model = persam.build_model(args.model, checkpoint=args.checkpoint)
-        concept = persam.learn(model, args.ref, args.ref_mask, method=args.method.replace("-", "_"))
+        concept = persam.learn(model, args.ref, args.ref_mask, method=args.method)
         paths = list_images(args.targets)
     except (persam.InputError, WeightsError, ValueError) as e:  # bad file, model name or checkpoint
         print(f"error: {e}", file=sys.stderr)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model = persam.build_model(args.model, checkpoint=args.checkpoint)
-        frames = persam.track(model, args.video, args.first_mask, method=args.method.replace("-", "_"))
+        frames = persam.track(model, args.video, args.first_mask, method=args.method)
         for frame in frames:
             save_png(args.output / f"{frame.index:05d}.png", frame.label_map, palette=DAVIS_PALETTE)
             found = [i for i in frame.object_ids if frame.present[i]]

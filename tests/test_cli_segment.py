@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fast_sam_config
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -309,69 +310,20 @@ def test_pipeline_input_errors(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- command line
-# A tiny SAM (random weights, not for real use): small enough that an encoder pass takes ~20 ms.
-TINY_CONFIG = {
-    "name": "tiny_test_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "in_chans": 3,
-        "embed_dim": 8,
-        "depth": 1,
-        "num_heads": 1,
-        "mlp_ratio": 2.0,
-        "out_chans": 16,
-        "qkv_bias": True,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "act_layer": "GELU",
-        "use_abs_pos": True,
-        "use_rel_pos": True,
-        "rel_pos_zero_init": True,
-        "window_size": 14,
-        "global_attn_indexes": [],
-    },
-    "prompt_encoder": {
-        "class": "PromptEncoder",
-        "embed_dim": 16,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 4,
-        "activation": "GELU",
-    },
-    "mask_decoder": {
-        "class": "MaskDecoder",
-        "transformer_dim": 16,
-        "num_multimask_outputs": 3,
-        "activation": "GELU",
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 16,
-        "transformer": {
-            "class": "TwoWayTransformer",
-            "depth": 1,
-            "embedding_dim": 16,
-            "num_heads": 2,
-            "mlp_dim": 32,
-            "activation": "ReLU",
-            "attention_downsample_rate": 2,
-        },
-    },
-}
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
-    """Config JSON and two random checkpoints (different seeds) of the tiny model."""
+    """Config JSON and two random checkpoints (different seeds) of a small random SAM."""
     import torch
 
     from persam.models.build import build_module
 
     d = tmp_path_factory.mktemp("tiny_model")
-    (d / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    config = fast_sam_config()
+    (d / "tiny.json").write_text(json.dumps(config))
     files = {"config": d / "tiny.json"}
     for seed in (0, 1):
         torch.manual_seed(seed)
-        torch.save(build_module(TINY_CONFIG).state_dict(), d / f"tiny_{seed}.pt")
+        torch.save(build_module(config).state_dict(), d / f"tiny_{seed}.pt")
         files[f"ckpt{seed}"] = d / f"tiny_{seed}.pt"
     return files
 
@@ -654,15 +606,8 @@ def test_cli_bad_input_one_line_errors(tiny, scenes, tmp_path, capsys) -> None:
 
 
 def test_cli_bad_checkpoint_and_device(tiny, scenes, tmp_path, capsys) -> None:
-    argv = [
-        "segment",
-        *_ref_args(scenes),
-        scenes / "targets",
-        "-o",
-        tmp_path / "o",
-        "--model",
-        tiny["config"],
-    ]
+    argv = ["segment", *_ref_args(scenes), scenes / "targets", "-o", tmp_path / "o"]
+    argv += ["--model", tiny["config"]]
     rc, _, err = _cli([*argv, "--checkpoint", tmp_path / "missing.pt"], capsys)
     assert rc == 2 and "missing.pt" in err and err.count("\n") == 1
     (tmp_path / "junk.pt").write_bytes(b"junk")
@@ -677,15 +622,8 @@ def test_cli_bad_checkpoint_and_device(tiny, scenes, tmp_path, capsys) -> None:
 
 def test_cli_config_model_with_default_checkpoint_says_what_to_pass(tiny, scenes, tmp_path, capsys) -> None:
     # --checkpoint defaults to auto, which only a registry model has.
-    argv = [
-        "segment",
-        *_ref_args(scenes),
-        scenes / "targets",
-        "-o",
-        tmp_path / "o",
-        "--model",
-        tiny["config"],
-    ]
+    argv = ["segment", *_ref_args(scenes), scenes / "targets", "-o", tmp_path / "o"]
+    argv += ["--model", tiny["config"]]
     rc, _, err = _cli(argv, capsys)
     assert rc == 2 and err.count("\n") == 1
     assert "--checkpoint auto" in err and "--checkpoint PATH" in err and "none" in err

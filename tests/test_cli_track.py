@@ -9,36 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import fast_sam_config, write_palette_png, write_video
 from PIL import Image
 
 from persam.cli import main
 from persam.video_io import DAVIS_PALETTE
 
 H, W, T, FPS = 72, 96, 6, 8.0
-
-SMALL_SAM = {
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "embed_dim": 32,
-        "depth": 1,
-        "num_heads": 2,
-        "out_chans": 32,
-        "use_rel_pos": False,
-        "window_size": 8,
-        "global_attn_indexes": [],
-    },
-    "prompt_encoder": {
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 8,
-    },  # fmt: skip
-    "mask_decoder": {
-        "transformer_dim": 32,
-        "iou_head_hidden_dim": 32,
-        "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64},
-    },
-}
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray]:
@@ -61,34 +38,19 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
     return frames, labels
 
 
-def _write_video(path: Path, frames: np.ndarray) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (frames.shape[2], frames.shape[1]))
-    for f in frames:
-        w.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    w.release()
-    return path
-
-
-def _palette_png(path: Path, labels: np.ndarray, palette: list[int]) -> Path:
-    im = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels).tobytes())
-    im.putpalette(palette)
-    im.save(path)
-    return path
-
-
 @pytest.fixture()
 def setup(tmp_path):
     torch.set_num_threads(1)
     frames, labels = _scene()
     config = tmp_path / "small.json"
-    config.write_text(json.dumps(SMALL_SAM))
+    config.write_text(json.dumps(fast_sam_config()))
     palette = list(DAVIS_PALETTE)
     palette[3:9] = [250, 10, 200, 10, 250, 200]  # custom colours for ids 1 and 2
     return {
         "frames": frames,
         "labels": labels,
-        "video": _write_video(tmp_path / "clip.mp4", frames),
-        "mask": _palette_png(tmp_path / "first.png", labels[0], palette),
+        "video": write_video(tmp_path / "clip.mp4", frames, fps=FPS),
+        "mask": write_palette_png(tmp_path / "first.png", labels[0], palette),
         "palette": palette,
         "model": ["--model", str(config), "--checkpoint", "none", "--device", "cpu", "-q"],
         "tmp": tmp_path,
@@ -137,7 +99,7 @@ def test_track_davis_folder_with_stride_and_persam_f(setup, capsys):
     ann.mkdir(parents=True)
     for i, f in enumerate(setup["frames"]):
         Image.fromarray(f).save(seq / f"{i:05d}.jpg", quality=95)
-    _palette_png(ann / "00000.png", setup["labels"][0], DAVIS_PALETTE)
+    write_palette_png(ann / "00000.png", setup["labels"][0], DAVIS_PALETTE)
     out = setup["tmp"] / "res" / "toy"
     args = [
         "--stride",
@@ -189,10 +151,10 @@ def test_track_bad_inputs(setup, case, capsys):
         cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (W, H)).release()
         culprit = video.name
     elif case == "mask_size":
-        mask = _palette_png(tmp / "small_mask.png", setup["labels"][0][:40, :50], DAVIS_PALETTE)
+        mask = write_palette_png(tmp / "small_mask.png", setup["labels"][0][:40, :50], DAVIS_PALETTE)
         culprit = mask.name
     elif case == "empty_mask":
-        mask = _palette_png(tmp / "empty_mask.png", np.zeros((H, W), np.uint8), DAVIS_PALETTE)
+        mask = write_palette_png(tmp / "empty_mask.png", np.zeros((H, W), np.uint8), DAVIS_PALETTE)
         culprit = mask.name
     elif case == "start":
         extra = ["--start", str(T)]

@@ -35,13 +35,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     httpd.server_close()
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("PERSAM_HOME", str(home))
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    return home
+pytestmark = pytest.mark.usefixtures("persam_home")
 
 
 def _put_in_cache(name: str, data: bytes) -> Path:

@@ -8,7 +8,6 @@ bad input, a server that keeps working — not segmentation quality.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import urllib.request
 import zipfile
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import disc_scene, disc_video, free_port
 from PIL import Image
 
 pytest.importorskip("gradio")
@@ -36,28 +36,10 @@ SETTINGS = ("sam_vit_b", "", "cpu")
 
 
 # ------------------------------------------------------------------------------------ test data
-def scene(h: int = H, w: int = W, centre: tuple[int, int] = (60, 45), radius: int = 18) -> np.ndarray:
-    """A green background with a red disc (the object) and a blue square."""
-    img = np.full((h, w, 3), (40, 120, 60), np.uint8)
-    cv2.rectangle(img, (w - 30, 5), (w - 10, 25), (30, 60, 200), -1)
-    cv2.circle(img, centre, radius, (220, 50, 40), -1)
-    return img
-
-
 def disc_mask(h: int = H, w: int = W, centre: tuple[int, int] = (60, 45), radius: int = 18) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
     cv2.circle(m, centre, radius, 1, -1)
     return m.astype(bool)
-
-
-def write_video(path: Path, frames: int = 6) -> Path:
-    """A tiny MJPG video: the disc moves right by 4 pixels a frame."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 8.0, (W, H))
-    assert writer.isOpened()
-    for i in range(frames):
-        writer.write(cv2.cvtColor(scene(centre=(40 + 4 * i, 45)), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
 
 
 @dataclass
@@ -75,12 +57,12 @@ class Data:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     d = tmp_path_factory.mktemp("demo-data")
-    Image.fromarray(scene()).save(d / "ref.png")
+    Image.fromarray(disc_scene()).save(d / "ref.png")
     Image.fromarray(disc_mask().astype(np.uint8) * 255).save(d / "ref_mask.png")
     sizes = {"a.png": (W, H), "b.jpg": (W, H), "c.png": (112, 80)}
     targets = []
     for k, (name, (w, h)) in enumerate(sizes.items()):
-        Image.fromarray(scene(h, w, centre=(30 + 20 * k, 40))).save(d / name)
+        Image.fromarray(disc_scene(h, w, centre=(30 + 20 * k, 40))).save(d / name)
         targets.append(d / name)
     labels = np.zeros((H, W), np.uint8)
     labels[disc_mask()] = 1
@@ -95,7 +77,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
         d / "ref_mask.png",
         targets,
         sizes,
-        write_video(d / "clip.avi"),
+        disc_video(d / "clip.avi"),
         d / "first.png",
         d / "notes.txt",
         d / "broken.mp4",
@@ -103,12 +85,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 
 
 # ---------------------------------------------------------------------------------------- server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     url: str
@@ -492,7 +468,7 @@ def test_brush_labels_map_colours_to_objects() -> None:
     layer[10:20, 10:20] = (*demo.davis_colour(1), 255)
     layer[30:40, 50:60] = (*demo.davis_colour(2), 128)  # a soft stroke still counts
     layer[50:52, 5:7] = (200, 10, 10, 255)  # closest to object 1's dark red
-    value = {"background": scene(), "layers": [layer], "composite": scene()}
+    value = {"background": disc_scene(), "layers": [layer], "composite": disc_scene()}
     colours = [demo.davis_colour(k) for k in range(1, 7)]
     labels = demo.brush_labels(value, colours)
     assert labels.shape == (H, W)
@@ -500,7 +476,7 @@ def test_brush_labels_map_colours_to_objects() -> None:
     assert (labels[50:52, 5:7] == 1).all()
     assert int((labels > 0).sum()) == 100 + 100 + 4
     np.testing.assert_array_equal(demo.brush_mask(value), labels > 0)
-    assert demo.brush_mask({"background": scene(), "layers": [np.zeros((H, W, 4), np.uint8)]}) is None
+    assert demo.brush_mask({"background": disc_scene(), "layers": [np.zeros((H, W, 4), np.uint8)]}) is None
     assert demo.editor_background(value).shape == (H, W, 3)
 
 
@@ -531,7 +507,7 @@ def test_clicks_reuse_the_reference_embedding(tmp_path: Path) -> None:
     encoded = []
     original = model._encode_image
     model._encode_image = lambda image: (encoded.append(image.shape), original(image))[1]
-    img = scene()
+    img = disc_scene()
     for clicks in ([(60, 45, 1)], [(60, 45, 1), (5, 90, 0)], [(60, 45, 1), (5, 90, 0), (70, 50, 1)]):
         assert engine.mask_from_clicks(settings, img, clicks).shape == (H, W)
     assert encoded == [(H, W, 3)]
@@ -549,7 +525,7 @@ def test_track_video_reports_progress_frame_by_frame(tmp_path: Path) -> None:
     seen: list[tuple[float, str]] = []
     res = engine.track_video(
         demo.ModelSettings("sam_vit_b"),
-        str(write_video(tmp_path / "clip.avi")),
+        str(disc_video(tmp_path / "clip.avi")),
         labels,
         "persam",
         progress=lambda fraction, text: seen.append((fraction, text)),

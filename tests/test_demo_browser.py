@@ -9,15 +9,13 @@ with ``-m "not browser"``.
 
 from __future__ import annotations
 
-import socket
 import sys
 import zipfile
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
+from conftest import disc_scene, disc_video, free_port
 from PIL import Image
 
 pytest.importorskip("gradio")
@@ -40,25 +38,15 @@ pytestmark = [
 ]
 
 
-def scene(centre: tuple[int, int] = (60, 45)) -> np.ndarray:
-    img = np.full((H, W, 3), (40, 120, 60), np.uint8)
-    cv2.rectangle(img, (W - 30, 5), (W - 10, 25), (30, 60, 200), -1)
-    cv2.circle(img, centre, 18, (220, 50, 40), -1)
-    return img
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[Path]]:
     d = tmp_path_factory.mktemp("browser-data")
-    Image.fromarray(scene()).save(d / "reference.png")
+    Image.fromarray(disc_scene()).save(d / "reference.png")
     targets = []
     for k in range(3):
-        Image.fromarray(scene(centre=(35 + 25 * k, 50))).save(d / f"target{k}.png")
+        Image.fromarray(disc_scene(centre=(35 + 25 * k, 50))).save(d / f"target{k}.png")
         targets.append(d / f"target{k}.png")
-    writer = cv2.VideoWriter(str(d / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 8.0, (W, H))
-    for i in range(6):
-        writer.write(cv2.cvtColor(scene(centre=(40 + 4 * i, 45)), cv2.COLOR_RGB2BGR))
-    writer.release()
+    disc_video(d / "clip.avi")
     (d / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     return {"reference": d / "reference.png", "targets": targets, "video": d / "clip.avi",
             "broken": d / "broken.mp4"}  # fmt: skip
@@ -68,11 +56,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[Pat
 def url(tmp_path_factory: pytest.TempPathFactory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see tests/test_demo.py: the small model is fastest on one thread
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = demo.create_demo(random_model=True, work_dir=tmp_path_factory.mktemp("browser-work"))
-    _, local_url, _ = demo.serve(app, "127.0.0.1", port, prevent_thread_lock=True)
+    _, local_url, _ = demo.serve(app, "127.0.0.1", free_port(), prevent_thread_lock=True)
     try:
         yield local_url
     finally:

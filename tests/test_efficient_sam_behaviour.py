@@ -10,6 +10,7 @@ from skimage import data
 
 from persam.backbones.efficient_sam import EfficientSamBackbone
 from persam.io import InputError
+from persam.models.configs import tiny_efficient_sam_config
 from persam.models.efficient_sam import (
     EfficientSam,
     EfficientSamMaskDecoder,
@@ -20,22 +21,11 @@ from persam.models.efficient_sam import (
 from persam.models.mask_decoder import MaskDecoder
 from persam.models.transformer import TwoWayAttentionBlock, TwoWayTransformer
 
-CONFIG = {
-    "encoder_patch_embed_dim": 24,
-    "encoder_depth": 1,
-    "encoder_num_heads": 2,
-    "encoder_neck_dims": [16, 16],
-    "decoder_transformer_mlp_dim": 32,
-    "decoder_num_heads": 2,
-    "decoder_upscaling_layer_dims": [8, 4],
-    "iou_head_hidden_dim": 16,
-}
+CONFIG = tiny_efficient_sam_config()["config"]
 H, W = 300, 450
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_model() -> EfficientSam:

@@ -4,12 +4,11 @@ clear errors where the reference code misbehaves, CSV writers and the ``persam e
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fixture_dir
+from conftest import assert_close, fixture_dir, json_number
 from PIL import Image
 
 from persam.cli import main as cli_main
@@ -33,18 +32,6 @@ from persam.evaluation.metrics import (
 TOL = 1e-9
 METHODS = ("perfect", "dilated", "eroded_shifted", "dropped", "swapped", "noisy")
 STAT_KEYS = {"M": "mean", "R": "recall", "D": "decay"}
-
-
-def _num(v):
-    return math.nan if v == "NaN" else v
-
-
-def _assert_close(actual: float, expected, what: str) -> None:
-    expected = _num(expected)
-    if isinstance(expected, float) and math.isnan(expected):
-        assert math.isnan(actual), f"{what}: expected NaN, got {actual}"
-    else:
-        assert abs(actual - expected) <= TOL, f"{what}: {actual!r} != {expected!r}"
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +70,9 @@ def test_per_frame_values_and_statistics_match_reference(davis: Path, results: d
             for measure in ("J", "F"):
                 for key, attr in STAT_KEYS.items():
                     got = getattr(obj, f"{measure}_{attr}")
-                    _assert_close(got, eo[f"{measure}_stats"][key], f"{obj.name} {measure}-{attr}")
+                    assert_close(got, eo[f"{measure}_stats"][key], f"{obj.name} {measure}-{attr}")
     for key in GLOBAL_COLUMNS:
-        _assert_close(result.global_results[key], raw["global"][key], key)
+        assert_close(result.global_results[key], raw["global"][key], key)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -128,12 +115,12 @@ def test_unit_cases_statistics(davis: Path) -> None:
     cases = json.loads((davis / "edge_cases" / "unit_cases.json").read_text())["db_statistics"]
     assert cases
     for case in cases:
-        values = np.array([_num(v) for v in case["values"]], dtype=np.float64)
+        values = np.array([json_number(v) for v in case["values"]], dtype=np.float64)
         mean, recall, decay = sequence_statistics(values)
-        _assert_close(mean, case["M"], f"{case['name']} M")
-        _assert_close(recall, case["R"], f"{case['name']} R")
+        assert_close(mean, case["M"], f"{case['name']} M")
+        assert_close(recall, case["R"], f"{case['name']} R")
         # len300: the benchmark's uint8 bin edges wrap and its decay is NaN; reproduced on purpose.
-        _assert_close(decay, case["D"], f"{case['name']} D")
+        assert_close(decay, case["D"], f"{case['name']} D")
 
 
 def test_decay_bin_edges_wrap_above_256_frames() -> None:
@@ -148,8 +135,8 @@ def test_unit_cases_j_and_f(davis: Path) -> None:
         gt, pred = _rows(case["gt_mask_rows"]), _rows(case["pred_mask_rows"])
         assert gt.shape == tuple(case["shape"])
         assert boundary_tolerance(*gt.shape) == case["bound_pix_used"]
-        _assert_close(jaccard(gt, pred), case["J"], f"{case['name']} J")
-        _assert_close(boundary_f(gt, pred), case["F"], f"{case['name']} F")
+        assert_close(jaccard(gt, pred), case["J"], f"{case['name']} J")
+        assert_close(boundary_f(gt, pred), case["F"], f"{case['name']} F")
 
 
 def test_boundary_map_excludes_image_border() -> None:
@@ -215,11 +202,11 @@ def test_edge_cases_where_reference_succeeds(davis: Path, case: str) -> None:
     for run in runs:
         result = evaluate_davis(d / "DAVIS", d / run["results_path"], workers=1)
         for key in GLOBAL_COLUMNS:
-            _assert_close(result.global_results[key], run["global"][key], f"{run['results_path']} {key}")
+            assert_close(result.global_results[key], run["global"][key], f"{run['results_path']} {key}")
         assert [o.name for o in result.objects] == list(run["per_object"])
         for obj in result.objects:
             for key, value in run["per_object"][obj.name].items():
-                _assert_close(obj.statistics()[key], value, f"{obj.name} {key}")
+                assert_close(obj.statistics()[key], value, f"{obj.name} {key}")
         for seq in result.sequences:
             ef = run["per_frame"][seq.name]
             assert seq.frame_ids == ef["evaluated_frame_ids"]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fixture_dir
+from conftest import assert_close, fixture_dir
 from PIL import Image
 
 from persam.cli import main as cli_main
@@ -23,7 +22,6 @@ from persam.evaluation.perseg import (
     write_csv,
 )
 
-TOL = 1e-9
 METHODS = ("perfect", "dilated", "eroded", "shifted", "empty", "mixed")
 MEANS = ("mIoU", "mAcc", "mIoU_percent", "mAcc_percent", "bIoU", "bIoU_pooled", "bIoU_api_min")
 CONCEPT_FIELDS = (
@@ -37,11 +35,7 @@ CONCEPT_FIELDS = (
     "bIoU_pooled",
     "bIoU_api_min",
 )
-IMAGE_FIELDS = (
-    "intersection",
-    "union",
-    "target",
-    "mask_iou",
+BOUNDARY_FIELDS = (
     "boundary_iou",
     "mask_iou_cocoapi",
     "boundary_iou_api_min",
@@ -53,36 +47,25 @@ IMAGE_FIELDS = (
     "height",
     "width",
 )
-
-
-def _num(v):
-    return math.nan if v == "NaN" else v
-
-
-def _assert_close(actual: float, expected, what: str) -> None:
-    expected = _num(expected)
-    if isinstance(expected, float) and math.isnan(expected):
-        assert math.isnan(actual), f"{what}: expected NaN, got {actual}"
-    else:
-        assert abs(actual - expected) <= TOL, f"{what}: {actual!r} != {expected!r}"
+IMAGE_FIELDS = ("intersection", "union", "target", "mask_iou", *BOUNDARY_FIELDS)
 
 
 def _assert_matches(result, expected: dict) -> None:
     """Every mean, per-concept and per-image number of ``result`` against a fixture result dict."""
     assert result.count == expected["count"]
     for key in MEANS:
-        _assert_close(getattr(result, key), expected[key], key)
+        assert_close(getattr(result, key), expected[key], key)
     assert [c.name for c in result.concepts] == list(expected["concepts"])
     for c in result.concepts:
         ce = expected["concepts"][c.name]
         for key in CONCEPT_FIELDS:
-            _assert_close(getattr(c, key), ce[key], f"{c.name}.{key}")
+            assert_close(getattr(c, key), ce[key], f"{c.name}.{key}")
         assert [(r.gt_path.name, r.pred_path.name) for r in c.images] == [
             (Path(i["gt"]).name, Path(i["pred"]).name) for i in ce["images"]
         ]
         for r, ie in zip(c.images, ce["images"], strict=True):
             for key in IMAGE_FIELDS:
-                _assert_close(getattr(r, key), ie[key], f"{c.name}/{r.name}.{key}")
+                assert_close(getattr(r, key), ie[key], f"{c.name}/{r.name}.{key}")
 
 
 @pytest.fixture(scope="module")
@@ -151,20 +134,8 @@ def test_boundary_iou_unit_cases(perseg: Path) -> None:
         gt = read_binary_mask(d / case["gt"])
         pred = read_binary_mask(d / case["pred"])
         stats = boundary_iou_stats(gt, pred, expected["dilation_ratio"])
-        for key in (
-            "boundary_iou",
-            "mask_iou_cocoapi",
-            "boundary_iou_api_min",
-            "boundary_intersection",
-            "boundary_union",
-            "gt_boundary_area",
-            "pred_boundary_area",
-            "dilation_px",
-            "height",
-            "width",
-            "boundary_iou_plain_ratio",
-        ):
-            _assert_close(getattr(stats, key), case[key], f"{case['name']}.{key}")
+        for key in (*BOUNDARY_FIELDS, "boundary_iou_plain_ratio"):
+            assert_close(getattr(stats, key), case[key], f"{case['name']}.{key}")
 
 
 # --------------------------------------------------------------------- our documented differences
@@ -175,10 +146,12 @@ def _independent_counts(gt_path: Path, pred_path: Path) -> tuple[int, int, int]:
     return int((gt & pred).sum()), int((gt | pred).sum()), int(gt.sum())
 
 
-def _expected_concept_iou(pairs: list[tuple[Path, Path]]) -> tuple[float, float]:
+def _assert_concept_iou(concept, pairs: list[tuple[Path, Path]]) -> None:
+    """The concept's IoU and Acc are those of the pooled, independently counted ``(gt, pred)`` pairs."""
     counts = [_independent_counts(g, p) for g, p in pairs]
     i, u, t = (sum(c[k] for c in counts) for k in range(3))
-    return i / (u + 1e-10), i / (t + 1e-10)
+    assert_close(concept.IoU, i / (u + 1e-10), "IoU")
+    assert_close(concept.Acc, i / (t + 1e-10), "Acc")
 
 
 def test_reference_excluded_by_exact_stem_not_substring_in_concept_name(perseg: Path) -> None:
@@ -189,9 +162,9 @@ def test_reference_excluded_by_exact_stem_not_substring_in_concept_name(perseg: 
     assert [r.name for r in toy00.images] == ["01", "02"]
     # toy00 holds the same data as toy, whose numbers the reference computed.
     for c in (result.concept("toy"), toy00):
-        _assert_close(c.IoU, run["concepts"]["toy"]["IoU"], c.name)
-        _assert_close(c.bIoU, run["concepts"]["toy"]["bIoU"], c.name)
-    _assert_close(result.mIoU, run["concepts"]["toy"]["IoU"], "mIoU")
+        assert_close(c.IoU, run["concepts"]["toy"]["IoU"], c.name)
+        assert_close(c.bIoU, run["concepts"]["toy"]["bIoU"], c.name)
+    assert_close(result.mIoU, run["concepts"]["toy"]["IoU"], "mIoU")
 
 
 def test_reference_excluded_by_exact_stem_not_substring_in_path(perseg: Path) -> None:
@@ -201,9 +174,7 @@ def test_reference_excluded_by_exact_stem_not_substring_in_path(perseg: Path) ->
     toy = result.concept("toy")
     assert [r.name for r in toy.images] == ["01", "02"]
     pairs = [(ann / "toy" / f"{n}.png", d / "outputs" / "dilated" / "toy" / f"{n}.png") for n in ("01", "02")]
-    iou, acc = _expected_concept_iou(pairs)
-    _assert_close(toy.IoU, iou, "IoU")
-    _assert_close(toy.Acc, acc, "Acc")
+    _assert_concept_iou(toy, pairs)
 
 
 def test_file_named_100_is_evaluated(perseg: Path) -> None:
@@ -215,9 +186,7 @@ def test_file_named_100_is_evaluated(perseg: Path) -> None:
         (d / "data/Annotations/toy" / f"{n}.png", d / "outputs/dilated/toy" / f"{n}.png")
         for n in ("01", "02", "100")
     ]
-    iou, acc = _expected_concept_iou(pairs)
-    _assert_close(toy.IoU, iou, "IoU")
-    _assert_close(toy.Acc, acc, "Acc")
+    _assert_concept_iou(toy, pairs)
 
 
 def test_pairs_by_name_when_reference_prediction_missing(perseg: Path) -> None:
@@ -229,7 +198,7 @@ def test_pairs_by_name_when_reference_prediction_missing(perseg: Path) -> None:
         ("02.png", "02.png"),
     ]
     assert toy.intersection_sum == toy.union_sum == toy.target_sum > 0
-    _assert_close(toy.IoU, toy.target_sum / (toy.target_sum + 1e-10), "IoU")
+    assert_close(toy.IoU, toy.target_sum / (toy.target_sum + 1e-10), "IoU")
     assert toy.bIoU == 1.0
 
 
@@ -242,7 +211,7 @@ def test_missing_concept_folder_is_an_error_or_scores_zero(perseg: Path) -> None
     bird = result.concept("bird")
     assert bird.missing and bird.IoU == bird.Acc == bird.bIoU == 0.0
     for key in ("mIoU", "mAcc", "mIoU_percent", "mAcc_percent"):
-        _assert_close(getattr(result, key), run[key], key)  # the reference also scores IoU = Acc = 0
+        assert_close(getattr(result, key), run[key], key)  # the reference also scores IoU = Acc = 0
     assert result.bIoU == pytest.approx(0.5)  # 0 for bird, 1 for toy (NaN in the reference)
 
 
@@ -321,7 +290,7 @@ def test_prediction_formats_are_binarised_alike(tmp_path: Path, fmt: str) -> Non
     thing = result.concept("thing")
     # Each 12x12 square shifted down by 2 px: intersection 120, union 168 per image.
     assert [(r.intersection, r.union, r.target) for r in thing.images] == [(120, 168, 144)] * 2
-    _assert_close(thing.IoU, 240 / (336 + 1e-10), "IoU")
+    assert_close(thing.IoU, 240 / (336 + 1e-10), "IoU")
 
 
 def test_boundary_band_width_rounds_half_to_even() -> None:

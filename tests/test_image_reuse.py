@@ -5,57 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fast_sam_config
 
 from persam.backbones.base import image_fingerprint
 from persam.io import InputError
 from persam.models.build import build_model
 from persam.personalize import learn, mask_from_prompts, segment_concepts
 
-SAM_CONFIG = {
-    "name": "small_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "embed_dim": 32,
-        "depth": 1,
-        "num_heads": 2,
-        "mlp_ratio": 2.0,
-        "out_chans": 32,
-        "window_size": 14,
-        "global_attn_indexes": [0],
-    },
-    "prompt_encoder": {
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 8,
-    },
-    "mask_decoder": {
-        "transformer_dim": 32,
-        "iou_head_hidden_dim": 32,
-        "transformer": {"depth": 1, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 32},
-    },
-}
-
-EFFICIENT_SAM_CONFIG = {
-    "name": "small_efficient_sam",
-    "config": {
-        "encoder_patch_embed_dim": 24,
-        "encoder_depth": 1,
-        "encoder_num_heads": 2,
-        "encoder_neck_dims": [16, 16],
-        "decoder_transformer_mlp_dim": 32,
-        "decoder_num_heads": 2,
-        "decoder_upscaling_layer_dims": [8, 4],
-        "iou_head_hidden_dim": 16,
-    },
-}
-
 H, W = 96, 128
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scene(seed: int = 0) -> np.ndarray:
@@ -65,9 +25,9 @@ def _scene(seed: int = 0) -> np.ndarray:
     return img
 
 
-def _counted(config: dict):
+def _counted(config: dict | str):
     """A small random backbone whose ``encoder_calls`` counts image-encoder runs."""
-    bb = build_model(config)
+    bb = build_model(config, checkpoint="none")
     bb.encoder_calls = 0
 
     def count(*_):
@@ -79,7 +39,7 @@ def _counted(config: dict):
 
 @pytest.fixture(params=["sam", "efficient_sam"])
 def model(request):
-    return _counted(SAM_CONFIG if request.param == "sam" else EFFICIENT_SAM_CONFIG)
+    return _counted(fast_sam_config() if request.param == "sam" else "tiny_random_efficient_sam")
 
 
 def test_fingerprint_depends_on_content_shape_and_dtype_only():

@@ -6,10 +6,9 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir
+from conftest import fixture_dir, gradient_scene
 from torch import nn
 
 import persam.weights as w
@@ -17,79 +16,13 @@ from persam.backbones.efficient_sam import EfficientSamBackbone
 from persam.backbones.sam import SamBackbone
 from persam.models import build
 from persam.models.build import build_model, build_module, list_models, materialize_constants
+from persam.models.configs import tiny_efficient_sam_config, tiny_mobile_sam_config, tiny_sam_config
 
-SAM_CONFIG = {
-    "name": "small_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 2,
-        "mlp_ratio": 2.0,
-        "out_chans": 32,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "use_rel_pos": True,
-        "window_size": 14,
-        "global_attn_indexes": [1],
-    },
-    "prompt_encoder": {
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 8,
-    },
-    "mask_decoder": {
-        "transformer_dim": 32,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 32,
-        "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64},
-    },
-}
-
-# MobileSAM layout with a small TinyViT (its neck always gives 256 channels).
-MOBILE_SAM_CONFIG = {
-    "name": "small_mobile_sam",
-    "image_encoder": {
-        "class": "TinyViT",
-        "embed_dims": [8, 16, 16, 24],
-        "depths": [1, 1, 2, 1],
-        "num_heads": [1, 2, 2, 3],
-        "window_sizes": [7, 7, 14, 7],
-        "num_classes": 10,
-    },
-    "prompt_encoder": {
-        "embed_dim": 256,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 8,
-    },
-    "mask_decoder": {
-        "transformer_dim": 256,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 32,
-        "transformer": {"depth": 1, "embedding_dim": 256, "num_heads": 2, "mlp_dim": 32},
-    },
-}
-
-EFFICIENT_SAM_CONFIG = {
-    "name": "small_efficient_sam",
-    "config": {
-        "encoder_patch_embed_dim": 24,
-        "encoder_depth": 1,
-        "encoder_num_heads": 2,
-        "encoder_neck_dims": [16, 16],
-        "decoder_transformer_mlp_dim": 32,
-        "decoder_num_heads": 2,
-        "decoder_upscaling_layer_dims": [8, 4],
-        "iou_head_hidden_dim": 16,
-        "pixel_mean": [0.4, 0.5, 0.6],
-        "pixel_std": [0.2, 0.25, 0.3],
-    },
-}
-
-CONFIGS = {"sam": SAM_CONFIG, "mobile_sam": MOBILE_SAM_CONFIG, "efficient_sam": EFFICIENT_SAM_CONFIG}
+SAM_CONFIG = tiny_sam_config()
+# Non-default pixel statistics: constant buffers must come from the config, not the class defaults.
+EFFICIENT_SAM_CONFIG = tiny_efficient_sam_config()
+EFFICIENT_SAM_CONFIG["config"].update(pixel_mean=[0.4, 0.5, 0.6], pixel_std=[0.2, 0.25, 0.3])
+CONFIGS = {"sam": SAM_CONFIG, "mobile_sam": tiny_mobile_sam_config(), "efficient_sam": EFFICIENT_SAM_CONFIG}
 
 
 @pytest.fixture(autouse=True)
@@ -97,15 +30,6 @@ def _setup(_deterministic_threads, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     # checkpoint_identity remembers digests in the cache folder: keep it out of the user's.
     monkeypatch.setenv("PERSAM_HOME", str(tmp_path / "cache"))
-
-
-def _scene(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 90.0)], -1)
-    img[(yy - h * 0.4) ** 2 + (xx - w * 0.6) ** 2 < (min(h, w) * 0.2) ** 2] = (250, 240, 30)
-    img += rng.normal(0, 8, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _trained_like(cfg: dict, seed: int = 0) -> nn.Module:
@@ -123,7 +47,7 @@ def _outputs(bb, seeds: tuple[int, ...] = (0, 1)) -> list[torch.Tensor]:
     """Features and decoder outputs for a point, a box, and both, on the images of ``seeds``."""
     out = []
     for seed in seeds:
-        bb.set_image(_scene(seed=seed))
+        bb.set_image(gradient_scene(seed=seed))
         out.append(bb.features)
         pts = torch.tensor([[[90.0, 50.0], [20.0, 100.0]]])
         lab = torch.tensor([[1, 0]])
@@ -229,8 +153,8 @@ def test_model_argument_is_checked_before_any_download(monkeypatch):
 
 def test_checkpoint_for_another_model_is_refused(tmp_path):
     path = tmp_path / "mobile.pth"
-    torch.save(_trained_like(MOBILE_SAM_CONFIG).state_dict(), path)
-    with pytest.raises(w.WeightsError, match="mobile.pth is not a small_sam checkpoint"):
+    torch.save(_trained_like(CONFIGS["mobile_sam"]).state_dict(), path)
+    with pytest.raises(w.WeightsError, match="mobile.pth is not a tiny_random_sam checkpoint"):
         build_model(copy.deepcopy(SAM_CONFIG), checkpoint=path)
 
 

@@ -4,16 +4,18 @@ load) on self-made data with a small random SAM."""
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from conftest import astronaut_scene, coffee_image, fast_sam_config
 from PIL import Image
-from skimage import data
 
 import persam
 from persam.io import InputError
+from persam.methods import normalize_method
 from persam.models.build import build_model
 from persam.personalize import (
     Concept,
@@ -25,78 +27,27 @@ from persam.personalize import (
     segment_concepts,
 )
 
-SMALL_SAM = {
-    "name": "test_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "in_chans": 3,
-        "embed_dim": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "mlp_ratio": 2.0,
-        "out_chans": 32,
-        "qkv_bias": True,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "act_layer": "GELU",
-        "use_abs_pos": True,
-        "use_rel_pos": False,
-        "window_size": 14,
-        "global_attn_indexes": [],
-    },
-    "prompt_encoder": {
-        "class": "PromptEncoder",
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 4,
-    },
-    "mask_decoder": {
-        "class": "MaskDecoder",
-        "transformer_dim": 32,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 2,
-        "iou_head_hidden_dim": 32,
-        "transformer": {
-            "class": "TwoWayTransformer",
-            "depth": 2,
-            "embedding_dim": 32,
-            "num_heads": 2,
-            "mlp_dim": 64,
-            "attention_downsample_rate": 2,
-        },
-    },
-}
 STEPS = 60  # PerSAM-F steps in these tests (the algorithm is the same for any count)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model(SMALL_SAM)
+    return build_model(fast_sam_config(), checkpoint="none")
 
 
 @pytest.fixture(scope="module")
 def other_model():
-    torch.manual_seed(1)
-    return build_model(SMALL_SAM)
+    return build_model(fast_sam_config(), checkpoint="none", seed=1)
 
 
 @pytest.fixture(scope="module")
 def scene():
     """The astronaut (128x128) with a rectangular reference region, and the coffee cup image
     (non-square, 100x150) as a second test image."""
-    img = np.ascontiguousarray(data.astronaut()[::4, ::4])
-    mask = np.zeros(img.shape[:2], bool)
-    mask[20:80, 40:90] = True
-    other = np.ascontiguousarray(data.coffee()[::4, ::4])
-    return img, mask, other
+    return (*astronaut_scene(), coffee_image())
 
 
 @pytest.fixture(scope="module")
@@ -211,23 +162,50 @@ def test_load_refuses_another_backbone(concepts, other_model, tmp_path):
         other_model.checkpoint_id = "random"
 
 
-def test_load_rejects_bad_files(tmp_path):
+def test_load_rejects_bad_files(model, tmp_path):
     with pytest.raises(InputError, match="not found"):
         Concept.load(tmp_path / "missing.npz")
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip file")
-    with pytest.raises(InputError, match="not a persam concept file"):
+    with pytest.raises(InputError, match=r"junk.npz: not a persam concept file \(not an .npz archive\)$"):
         Concept.load(junk)
     other = tmp_path / "other.npz"
     np.savez(other, x=np.zeros(3))
-    with pytest.raises(InputError, match="not a valid persam concept file"):
+    with pytest.raises(InputError, match=r"other.npz: not a persam concept file \(no persam metadata\)$"):
         Concept.load(other)
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "model.pt")  # a zip archive too
+    with pytest.raises(InputError, match=r"model.pt: not a persam concept file \(no persam metadata\)$"):
+        Concept.load(tmp_path / "model.pt")
+    no_feat = tmp_path / "no_feat.npz"
+    np.savez(no_feat, metadata=np.frombuffer(b'{"format": "persam-concept", "format_version": 1}', np.uint8))
+    with pytest.raises(InputError, match="no_feat.npz: not a valid persam concept file"):
+        Concept.load(no_feat)
     # A pickled object array must be refused, not executed.
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, metadata=np.array([{"format": "persam-concept"}], dtype=object))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"pickled.npz: not a persam concept file \(it holds pickled"):
         Concept.load(pickled)
     assert zipfile.is_zipfile(pickled)
+    pickle_file = tmp_path / "garbage.pt"
+    # The legacy torch format: a plain pickle stream.
+    torch.save({"weight": torch.zeros(2)}, pickle_file, _use_new_zipfile_serialization=False)
+    for path in (junk, other, pickled, pickle_file):
+        with pytest.raises(InputError) as e:
+            Concept.load(path, model)
+        # One line, without numpy's advice to allow pickles.
+        assert "\n" not in str(e.value) and "allow_pickle" not in str(e.value)
+        assert str(e.value).startswith(f"{path}: ")
+
+
+def test_method_spellings_are_normalised(model, scene, concepts):
+    img, mask, _ = scene
+    assert {normalize_method(m) for m in ("persam", "PerSAM", " PERSAM ")} == {"persam"}
+    assert {normalize_method(m) for m in ("persam-f", "PerSAM-F", "persam_f", "PerSAM_F")} == {"persam_f"}
+    for spelling in ("persam-f", "PerSAM-F"):
+        concept = learn(model, img, mask, method=spelling, steps=STEPS)
+        assert concept.method == "persam_f"
+        assert torch.equal(concept.mask_weights, concepts["persam_f"].mask_weights)
+    assert learn(model, img, mask, method="PerSAM").method == "persam"
 
 
 # ---------------------------------------------------------------------------------- few-shot
@@ -401,6 +379,8 @@ def test_bad_reference_inputs(model, scene, tmp_path):
         learn(model, [img, img], [mask, np.zeros_like(mask)])
     with pytest.raises(ValueError, match="method must be one of"):
         learn(model, img, mask, method="persam_x")
+    with pytest.raises(ValueError, match="method must be one of"):
+        learn(model, img, mask, method="persamf")
     with pytest.raises(ValueError, match="engine must be one of"):
         learn(model, img, mask, method="persam_f", engine="turbo")
     with pytest.raises(InputError, match="expected a mask of shape"):
@@ -442,6 +422,42 @@ def test_mask_from_prompts_rejects_bad_prompts(model, scene):
         mask_from_prompts(model, img, box=[50, 2, 3, 40])
     with pytest.raises(InputError, match="finite"):
         mask_from_prompts(model, img, points=[[np.nan, 2]])
+    with pytest.raises(InputError, match="finite"):
+        mask_from_prompts(model, img, box=[0, 0, np.inf, 5])
+
+
+def test_mask_from_prompts_rejects_prompts_outside_the_image(model, scene, monkeypatch):
+    img, _, _ = scene  # 128 x 128
+    cases = {
+        r"point \(5000, 5000\) is outside the image \(128x128 pixels, W x H\)": {"points": [[5000, 5000]]},
+        r"point \(128, 5\) is outside": {"points": [[10, 10], [128, 5]], "labels": [1, 0]},
+        r"point \(3, -0.5\) is outside": {"points": [[3, -0.5]]},
+        r"box \[200, 10, 300, 50\] is outside the image \(128x128 pixels, W x H\)": {
+            "box": [200, 10, 300, 50]
+        },
+        r"box \[-50, -40, -1, 0\] is outside": {"box": [-50, -40, -1, 0]},
+        r"x0 <= x1": {"box": [90, 10, 20, 50]},
+    }
+    with monkeypatch.context() as m:
+        m.setattr(model, "set_image", lambda *_: pytest.fail("prompts are checked before encoding"))
+        for message, prompts in cases.items():
+            with pytest.raises(InputError, match=message) as e:
+                mask_from_prompts(model, img, **prompts)
+            assert "\n" not in str(e.value)
+    # Points on the last pixel row / column and a box partly outside are fine.
+    assert mask_from_prompts(model, img, points=[[127, 127], [0, 0]], labels=[1, 0]).shape == (128, 128)
+    assert mask_from_prompts(model, img, box=[-20, 100, 500, 400]).shape == (128, 128)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (5, 1)])
+def test_degenerate_images_segment_without_warnings(concepts, size):
+    image = np.zeros((*size, 3), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for concept in concepts.values():
+            res = concept.segment(image, max_instances=2, return_similarity=True)
+            assert res.mask.shape == size and res.similarity.shape == size
+            assert np.isfinite(res.score)
 
 
 def test_aligned_attention_option(model, scene):

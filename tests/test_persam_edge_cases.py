@@ -4,84 +4,36 @@ scripted decoder whose masks are known)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from conftest import astronaut_scene, coffee_image, fast_sam_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from skimage import data
 
 from persam.backbones.base import Backbone, DecoderOutput
 from persam.models.build import build_model
 from persam.personalize import MaskTooSmallError, core, finetune, learn, segment_concepts
 
-SMALL_SAM = {
-    "name": "edge_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "in_chans": 3,
-        "embed_dim": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "mlp_ratio": 2.0,
-        "out_chans": 32,
-        "qkv_bias": True,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "act_layer": "GELU",
-        "use_abs_pos": True,
-        "use_rel_pos": False,
-        "window_size": 14,
-        "global_attn_indexes": [],
-    },
-    "prompt_encoder": {
-        "class": "PromptEncoder",
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 4,
-    },
-    "mask_decoder": {
-        "class": "MaskDecoder",
-        "transformer_dim": 32,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 2,
-        "iou_head_hidden_dim": 32,
-        "transformer": {
-            "class": "TwoWayTransformer",
-            "depth": 2,
-            "embedding_dim": 32,
-            "num_heads": 2,
-            "mlp_dim": 64,
-            "attention_downsample_rate": 2,
-        },
-    },
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model(SMALL_SAM)
+    return build_model(fast_sam_config(), checkpoint="none")
 
 
 @pytest.fixture(scope="module")
 def image():
-    return np.ascontiguousarray(data.astronaut()[::4, ::4])  # 128 x 128
+    return astronaut_scene()[0]  # 128 x 128
 
 
 @pytest.fixture(scope="module")
 def ref_mask():
-    m = np.zeros((128, 128), bool)
-    m[20:80, 40:90] = True
-    return m
+    return astronaut_scene()[1]
 
 
 # ---------------------------------------------------------------------------- location prior
@@ -220,8 +172,17 @@ def test_target_guided_attention_shapes_and_constant_map():
     assert torch.equal(flat, torch.full((1, 1, 1, 4096), 0.5))
 
 
+def test_target_guided_attention_single_pixel_map_is_uniform_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no std() degrees-of-freedom warning
+        one = core.target_guided_attention(torch.full((1, 1), 0.7))
+        stacked = core.target_guided_attention(torch.tensor([[[0.7]], [[-0.2]]]))
+    assert torch.equal(one, torch.full((1, 1, 1, 4096), 0.5))
+    assert torch.equal(stacked, torch.full((2, 1, 1, 4096), 0.5))
+
+
 def test_aligned_attention_for_non_square_images(model):
-    img = np.ascontiguousarray(data.coffee()[::4, ::4])  # 100 x 150: fills 683 of 1024 rows
+    img = coffee_image()  # 100 x 150: fills 683 of 1024 rows
     model.set_image(img)
     feat = torch.nn.functional.normalize(model.features[0, :, 10, 10], dim=0)[None]
     grid, sim = core.similarity_map(model, feat)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fast_sam_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -16,60 +17,12 @@ from persam.models.build import build_model
 from persam.personalize import core
 from persam.pipelines.video import VideoTracker, _Object
 
-SMALL_SAM = {
-    "name": "fast_path_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "in_chans": 3,
-        "embed_dim": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "mlp_ratio": 2.0,
-        "out_chans": 32,
-        "qkv_bias": True,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "act_layer": "GELU",
-        "use_abs_pos": True,
-        "use_rel_pos": False,
-        "window_size": 14,
-        "global_attn_indexes": [],
-    },
-    "prompt_encoder": {
-        "class": "PromptEncoder",
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 4,
-    },
-    "mask_decoder": {
-        "class": "MaskDecoder",
-        "transformer_dim": 32,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 2,
-        "iou_head_hidden_dim": 32,
-        "transformer": {
-            "class": "TwoWayTransformer",
-            "depth": 2,
-            "embedding_dim": 32,
-            "num_heads": 2,
-            "mlp_dim": 64,
-            "attention_downsample_rate": 2,
-        },
-    },
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model(SMALL_SAM)
+    return build_model(fast_sam_config(), checkpoint="none")
 
 
 # ------------------------------------------------------------------------------- location prior

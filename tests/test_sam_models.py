@@ -3,7 +3,6 @@ checkpoint key lists, shapes, batching, autocast, geometry helpers, registry."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -13,47 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fixture_dir
+from conftest import fixture_dir, gradient_scene
 
 from persam.backbones.sam import SamBackbone
 from persam.io import InputError
 from persam.models import image_encoder
 from persam.models.build import build_model, build_module, list_models
+from persam.models.configs import tiny_mobile_sam_config, tiny_sam_config
 from persam.models.image_encoder import Attention as EncoderAttention
 from persam.models.image_encoder import get_rel_pos
 from persam.models.sam import Sam, mobile_sam_vit_t, sam_from_config, sam_vit_b, sam_vit_h, sam_vit_l
 from persam.models.transformer import Attention as DecoderAttention
-
-SMALL_CONFIG = {
-    "name": "small_sam",
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 2,
-        "mlp_ratio": 2.0,
-        "out_chans": 32,
-        "norm_layer": "LayerNorm(eps=1e-6)",
-        "use_rel_pos": True,
-        "window_size": 14,
-        "global_attn_indexes": [1],
-    },
-    "prompt_encoder": {
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 8,
-    },
-    "mask_decoder": {
-        "transformer_dim": 32,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 32,
-        "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64},
-    },
-}
 
 
 def _randomise(model: Sam, seed: int = 0) -> Sam:
@@ -68,33 +37,20 @@ def _randomise(model: Sam, seed: int = 0) -> Sam:
     return model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def small_model() -> Sam:
     torch.manual_seed(0)
-    return _randomise(sam_from_config(copy.deepcopy(SMALL_CONFIG))).eval()
-
-
-def _scene(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A synthetic RGB scene: gradient background, a bright disc and a dark rectangle."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    img = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), 90.0)], -1)
-    img[(yy - h * 0.4) ** 2 + (xx - w * 0.6) ** 2 < (min(h, w) * 0.2) ** 2] = (250, 240, 30)
-    img[int(h * 0.6) : int(h * 0.9), int(w * 0.1) : int(w * 0.35)] = (20, 30, 200)
-    img += rng.normal(0, 8, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return _randomise(sam_from_config(tiny_sam_config())).eval()
 
 
 @pytest.fixture(scope="module")
 def backbone(small_model) -> SamBackbone:
     bb = SamBackbone(small_model, "small_sam", "random")
     torch.set_num_threads(1)
-    bb.set_image(_scene(300, 500))
+    bb.set_image(gradient_scene(300, 500))
     return bb
 
 
@@ -208,7 +164,7 @@ def test_set_image_shapes_non_square(backbone):
 
 def test_portrait_image_input_size(small_model):
     bb = SamBackbone(small_model, "small_sam", "random")
-    bb.set_image(_scene(517, 333, seed=1))
+    bb.set_image(gradient_scene(517, 333, seed=1))
     assert bb.input_size == (1024, 660)
     assert torch.isfinite(bb.features).all()
 
@@ -301,7 +257,7 @@ def test_predict_returns_numpy_and_consistent_masks(backbone):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_autocast_encoder_close_to_float32(small_model, dtype):
-    image = _scene(240, 320, seed=3)
+    image = gradient_scene(240, 320, seed=3)
     ref = SamBackbone(small_model, "small_sam", "random")
     ref.set_image(image)
     low = SamBackbone(small_model, "small_sam", "random", dtype=dtype)
@@ -334,7 +290,7 @@ def test_mask_to_embedding_grid_uint8_and_float_paths_agree(backbone):
 
 
 def test_resize_uint8_matches_image_resize(backbone):
-    image = _scene(300, 500, seed=4)
+    image = gradient_scene(300, 500, seed=4)
     resized_image = backbone.transform.apply_image(image)
     np.testing.assert_array_equal(backbone.resize_uint8(image[..., 0]), resized_image[..., 0])
     assert backbone.resize_uint8(image).shape == (614, 1024, 3)
@@ -374,19 +330,23 @@ def test_list_models():
 
 def test_build_model_from_config_dict_and_file(tmp_path):
     torch.manual_seed(0)
-    bb = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint="none", dtype="bfloat16")
-    assert isinstance(bb, SamBackbone) and bb.name == "small_sam" and bb.checkpoint_id == "random:small_sam:0"
+    bb = build_model(tiny_sam_config(), checkpoint="none", dtype="bfloat16")
+    assert (
+        isinstance(bb, SamBackbone)
+        and bb.name == "tiny_random_sam"
+        and bb.checkpoint_id == "random:tiny_random_sam:0"
+    )
     assert bb.dtype == torch.bfloat16 and not any(p.requires_grad for p in bb.model.parameters())
     # Random weights are reproducible for a seed, differ between seeds, and say which they are.
-    again = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint="none")
-    other = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint="none", seed=1)
+    again = build_model(tiny_sam_config(), checkpoint="none")
+    other = build_model(tiny_sam_config(), checkpoint="none", seed=1)
     for k, v in bb.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[k], v), k
-    assert other.checkpoint_id == "random:small_sam:1"
+    assert other.checkpoint_id == "random:tiny_random_sam:1"
     key = "mask_decoder.iou_token.weight"
     assert not torch.equal(other.model.state_dict()[key], bb.model.state_dict()[key])
 
-    cfg = {k: v for k, v in SMALL_CONFIG.items() if k != "name"}
+    cfg = {k: v for k, v in tiny_sam_config().items() if k != "name"}
     path = tmp_path / "my_model.json"
     path.write_text(json.dumps(cfg))
     module = build_module(path)
@@ -397,10 +357,10 @@ def test_build_model_from_config_dict_and_file(tmp_path):
 def test_build_model_loads_a_checkpoint(tmp_path):
     pytest.importorskip("persam.weights")
     torch.manual_seed(1)
-    source = sam_from_config(copy.deepcopy(SMALL_CONFIG))
+    source = sam_from_config(tiny_sam_config())
     ckpt = tmp_path / "small.pth"
     torch.save(source.state_dict(), ckpt)
-    bb = build_model(copy.deepcopy(SMALL_CONFIG), checkpoint=ckpt)
+    bb = build_model(tiny_sam_config(), checkpoint=ckpt)
     assert bb.checkpoint_id == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     for k, v in source.state_dict().items():
         assert torch.equal(bb.model.state_dict()[k], v), k
@@ -418,8 +378,8 @@ def test_build_errors(tmp_path):
     with pytest.raises(ValueError, match="unrecognised model config"):
         build_module({"foo": 1})
     with pytest.raises(ValueError, match="dtype"):
-        build_model(copy.deepcopy(SMALL_CONFIG), dtype="int8")
-    cfg = copy.deepcopy(SMALL_CONFIG)
+        build_model(tiny_sam_config(), dtype="int8")
+    cfg = tiny_sam_config()
     cfg["image_encoder"]["class"] = "ResNet"
     with pytest.raises(ValueError, match="image_encoder class"):
         build_module(cfg)
@@ -436,20 +396,8 @@ def test_build_efficient_sam_config_dispatch():
 def test_tiny_vit_config_builds_a_mobile_sam():
     if importlib.util.find_spec("persam.models.tiny_vit") is None:
         pytest.skip("persam.models.tiny_vit (TinyViT image encoder) is not available")
-    cfg = copy.deepcopy(SMALL_CONFIG)
-    cfg["image_encoder"] = {
-        "class": "TinyViT",
-        "embed_dims": [8, 16, 16, 16],
-        "depths": [1, 1, 1, 1],
-        "num_heads": [1, 1, 1, 1],
-        "window_sizes": [7, 7, 14, 7],
-    }
-    for section in ("prompt_encoder", "mask_decoder"):
-        cfg[section]["embed_dim" if section == "prompt_encoder" else "transformer_dim"] = 256
-    cfg["mask_decoder"]["transformer"]["embedding_dim"] = 256
-    torch.manual_seed(0)
-    bb = build_model(cfg)
-    bb.set_image(_scene(64, 96))
+    bb = build_model(tiny_mobile_sam_config(), checkpoint="none")
+    bb.set_image(gradient_scene(64, 96))
     assert bb.features.shape == (1, 256, 64, 64)
     out = bb.decode(torch.tensor([[[40.0, 30.0]]]), torch.tensor([[1]]))
     assert out.low_res_logits.shape == (1, 3, 256, 256) and torch.isfinite(out.low_res_logits).all()

@@ -11,18 +11,19 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fast_sam_config, write_palette_png, write_video
 from PIL import Image
 from torch import nn
 
 from persam.backbones.base import Backbone, DecoderOutput
 from persam.io import InputError
+from persam.models.build import build_model
 from persam.pipelines.video import FrameResult, VideoTracker, expand_box, track
 from persam.video_io import (
     DAVIS_PALETTE,
@@ -32,34 +33,6 @@ from persam.video_io import (
     load_first_mask,
     open_video,
 )
-
-SMALL_SAM = {
-    "image_encoder": {
-        "class": "ImageEncoderViT",
-        "img_size": 1024,
-        "patch_size": 16,
-        "embed_dim": 32,
-        "depth": 1,
-        "num_heads": 2,
-        "out_chans": 32,
-        "use_rel_pos": False,
-        "window_size": 8,
-        "global_attn_indexes": [],
-    },
-    "prompt_encoder": {
-        "embed_dim": 32,
-        "image_embedding_size": [64, 64],
-        "input_image_size": [1024, 1024],
-        "mask_in_chans": 8,
-    },  # fmt: skip
-    "mask_decoder": {
-        "transformer_dim": 32,
-        "num_multimask_outputs": 3,
-        "iou_head_depth": 3,
-        "iou_head_hidden_dim": 32,
-        "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64},
-    },
-}
 
 H, W = 96, 128
 FPS = 10.0
@@ -116,23 +89,6 @@ def make_scene(
         lab[disc] = 7
         frames[i], labels[i] = frame, lab
     return frames, labels
-
-
-def write_video(path: Path, frames: np.ndarray, fps: float = FPS) -> Path:
-    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
-    writer = cv2.VideoWriter(str(path), fourcc, fps, (frames.shape[2], frames.shape[1]))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def write_palette_png(path: Path, labels: np.ndarray, palette: list[int] | None = None) -> Path:
-    im = Image.frombytes("P", (labels.shape[1], labels.shape[0]), np.ascontiguousarray(labels).tobytes())
-    im.putpalette(palette or DAVIS_PALETTE)
-    im.save(path)
-    return path
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -213,20 +169,12 @@ class ColourBackbone(Backbone):
 
 @pytest.fixture(scope="module")
 def small_sam():
-    from persam.models.build import build_model
-
-    torch.manual_seed(0)
-    return build_model(SMALL_SAM, checkpoint="none")
+    return build_model(fast_sam_config(), checkpoint="none")
 
 
 @pytest.fixture(scope="module")
 def scene():
     return make_scene()
-
-
-@pytest.fixture()
-def one_thread():
-    torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------ tracking

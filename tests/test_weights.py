@@ -97,13 +97,7 @@ def server() -> Iterator[_Server]:
     s.close()
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("PERSAM_HOME", str(home))
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)  # the test server is local
-    return home
+pytestmark = pytest.mark.usefixtures("persam_home")
 
 
 def _torch_bytes(obj: object) -> bytes:
@@ -185,10 +179,10 @@ def test_cache_dir_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert w.cache_dir() == tmp_path / "local" / "persam"
 
 
-def test_cached_path(_home: Path) -> None:
+def test_cached_path(persam_home: Path) -> None:
     assert w.cached_path("sam_vit_b") is None
     target = w.cache_location("sam_vit_b")
-    assert target == _home / "checkpoints" / "sam_vit_b_01ec64.pth"
+    assert target == persam_home / "checkpoints" / "sam_vit_b_01ec64.pth"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"x")
     assert w.cached_path("sam_vit_b") == target
@@ -221,7 +215,7 @@ def test_download_without_content_length(server: _Server, tmp_path: Path, known_
     assert path.read_bytes() == data
 
 
-def test_download_defaults_to_cache(server: _Server, _home: Path) -> None:
+def test_download_defaults_to_cache(server: _Server, persam_home: Path) -> None:
     data = b"0123456789" * 100
     server.files["/sam_vit_b_01ec64.pth"] = data
     info = dataclasses.replace(
@@ -229,7 +223,7 @@ def test_download_defaults_to_cache(server: _Server, _home: Path) -> None:
     )
     with pytest.warns(w.UnverifiedCheckpointWarning, match="no published sha256"):
         path = w.download(info, progress=False)
-    assert path == _home / "checkpoints" / "sam_vit_b_01ec64.pth"
+    assert path == persam_home / "checkpoints" / "sam_vit_b_01ec64.pth"
     assert w.cached_path("sam_vit_b") == path
 
 
@@ -376,7 +370,7 @@ def test_downloaded_zip_is_unpacked_without_refetching(server: _Server, tmp_path
 # -------------------------------------------------------------------------------------- resolve/verify
 
 
-def test_resolve_checkpoint(tmp_path: Path, server: _Server, _home: Path) -> None:
+def test_resolve_checkpoint(tmp_path: Path, server: _Server, persam_home: Path) -> None:
     f = tmp_path / "mine.pth"
     f.write_bytes(b"x")
     assert w.resolve_checkpoint("sam_vit_b", f) == f
@@ -400,7 +394,7 @@ def test_resolve_checkpoint(tmp_path: Path, server: _Server, _home: Path) -> Non
         w.resolve_checkpoint("sam_vit_b", "auto")
 
 
-def test_resolve_auto_downloads(monkeypatch: pytest.MonkeyPatch, server: _Server, _home: Path) -> None:
+def test_resolve_auto_downloads(monkeypatch: pytest.MonkeyPatch, server: _Server, persam_home: Path) -> None:
     data = _torch_bytes(_state())
     server.files["/mobile_sam.pt"] = data
     info = dataclasses.replace(
@@ -411,12 +405,12 @@ def test_resolve_auto_downloads(monkeypatch: pytest.MonkeyPatch, server: _Server
     )
     monkeypatch.setitem(w.CHECKPOINTS, "mobile_sam_vit_t", info)
     path = w.resolve_checkpoint("mobile_sam_vit_t", "auto")
-    assert path == _home / "checkpoints" / "mobile_sam.pt" and path.read_bytes() == data
+    assert path == persam_home / "checkpoints" / "mobile_sam.pt" and path.read_bytes() == data
     assert w.resolve_checkpoint("mobile_sam_vit_t", "auto") == path
     assert len(server.requests) == 1
 
 
-def test_verify(tmp_path: Path, _home: Path) -> None:
+def test_verify(tmp_path: Path, persam_home: Path) -> None:
     data = b"some bytes"
     f = tmp_path / "other.pth"
     f.write_bytes(data)
@@ -563,12 +557,11 @@ class _SamLike(nn.Module):
         self.mask_decoder.output_upscaling = nn.Sequential(nn.ConvTranspose2d(8, 4, 2, 2))
 
 
-class _EfficientSamLike(nn.Module):
+class _EfficientSamLike(_SamLike):
+    """The same encoder keys; EfficientSAM's decoder keys."""
+
     def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.image_encoder = nn.Module()
-        self.image_encoder.patch_embed = nn.Module()
-        self.image_encoder.patch_embed.proj = nn.Conv2d(3, dim, kernel_size=2, stride=2)
+        super().__init__(dim)
         self.mask_decoder = nn.Module()
         self.mask_decoder.final_output_upscaling_layers = nn.ModuleList([nn.Sequential(nn.Linear(2, 2))])
 

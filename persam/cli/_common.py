@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from persam import methods
+
 if TYPE_CHECKING:
     from persam.backbones.base import Backbone
 
@@ -160,11 +162,12 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def normalize_method(method: str) -> str:
-    """``persam-f`` / ``persam_f`` / ``PerSAM-F`` -> ``persam_f``."""
-    m = method.lower().replace("-", "_")
-    if m not in ("persam", "persam_f"):
-        raise argparse.ArgumentTypeError(f"{method!r}: expected persam or persam-f")
-    return m
+    """``--method`` type: ``persam-f`` / ``persam_f`` / ``PerSAM-F`` -> ``persam_f``
+    (:func:`persam.methods.normalize_method`)."""
+    try:
+        return methods.normalize_method(method)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{method!r}: expected persam or persam-f") from None
 
 
 def add_reference_arguments(parser: argparse.ArgumentParser) -> None:

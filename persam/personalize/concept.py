@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from persam.backbones.base import Backbone
 from persam.io import InputError, as_image, as_mask, atomic_path
+from persam.methods import METHODS, normalize_method
 from persam.personalize.core import (
     CascadeResult,
     MaskTooSmallError,
@@ -47,7 +49,6 @@ from persam.personalize.finetune import (
     reference_training_logits,
 )
 
-METHODS = ("persam", "persam_f")
 CONCEPT_FORMAT = "persam-concept"
 CONCEPT_FORMAT_VERSION = 1
 #: An extra instance overlapping the instances already found by this fraction of its area is a
@@ -199,11 +200,9 @@ class Concept:
             return_stages: fill :attr:`SegmentationResult.stages`.
             return_similarity: fill :attr:`SegmentationResult.similarity`.
         """
-        model = self._require_model()
-        self.check_compatible(model)
-        model.set_image(as_image(image, "image"))
-        return segment_current_image(
-            model,
+        return segment_concepts(
+            self._require_model(),
+            image,
             [self],
             max_instances=max_instances,
             score_threshold=score_threshold,
@@ -247,11 +246,7 @@ class Concept:
         p = Path(path)
         if not p.is_file():
             raise InputError(f"{p}: concept file not found")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise InputError(f"{p}: not a persam concept file ({type(e).__name__}: {e})") from None
+        data = _read_concept_arrays(p)
         try:
             meta = json.loads(bytes(data["metadata"].astype(np.uint8)).decode("utf-8"))
             if meta.get("format") != CONCEPT_FORMAT:
@@ -270,7 +265,7 @@ class Concept:
             if method == "persam_f":
                 weights = torch.from_numpy(data["mask_weights"].astype(np.float32)).reshape(3)
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
-            raise InputError(f"{p}: not a valid persam concept file ({type(e).__name__}: {e})") from None
+            raise InputError(f"{p}: not a valid persam concept file ({_first_line(e)})") from None
         concept = cls(
             method=method,
             target_feat=feat,
@@ -282,6 +277,31 @@ class Concept:
             name=meta.get("name"),
         )
         return concept.bind(model) if model is not None else concept
+
+
+def _read_concept_arrays(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` archive ``p``, refusing pickled objects; one-line errors."""
+    if not zipfile.is_zipfile(p):
+        raise InputError(f"{p}: not a persam concept file (not an .npz archive)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except ValueError as e:
+        # numpy's message advises allow_pickle=True: a concept never holds objects, so never do that.
+        if "pickle" in str(e):
+            raise InputError(f"{p}: not a persam concept file (it holds pickled objects)") from None
+        raise InputError(f"{p}: not a persam concept file ({_first_line(e)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{p}: not a persam concept file ({_first_line(e)})") from None
+    # Any other zip (a torch checkpoint, say) opens as an archive too, without our metadata entry.
+    if not isinstance(data.get("metadata"), np.ndarray):
+        raise InputError(f"{p}: not a persam concept file (no persam metadata)")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 # -------------------------------------------------------------------------------------- learn
@@ -334,7 +354,8 @@ def learn(
         ref_image: path or ``uint8 [H, W, 3]`` RGB array, or a list of them (few-shot).
         ref_mask: path or array (bool, 0/1, 0/255, label or RGB; non-zero = object), or a list
             matching ``ref_image``.
-        method: ``"persam"`` (training-free) or ``"persam_f"`` (fits 2 mask weights, ~1000 steps).
+        method: ``"persam"`` (training-free) or ``"persam_f"`` (fits 2 mask weights, ~1000 steps);
+            any case, with ``-`` or ``_`` (``"PerSAM-F"``, ``"persam-f"``).
         name: optional label stored with the concept.
         mask_value, coverage_threshold: which embedding cells count as the object, see
             :func:`persam.personalize.core.reference_grid_mask` (defaults reproduce the reference
@@ -356,8 +377,7 @@ def learn(
         InputError: unreadable file, image/mask size mismatch, empty mask, or a mask too small to
             cover any embedding cell (:class:`MaskTooSmallError`).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method = normalize_method(method)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     images, masks = _as_list(ref_image), _as_list(ref_mask)
@@ -626,13 +646,44 @@ def mask_from_prompts(
 
     Returns:
         bool ``[H, W]``.
+
+    Raises:
+        InputError: malformed prompts, a point outside the image, or a box that misses it.
     """
     img = as_image(image, "image")
+    pts, lab, bx = _check_prompts(points, labels, box, img.shape[:2])
+    model.set_image(img)
+    dev = model.device
+    pc = None if pts is None else torch.as_tensor(pts, dtype=torch.float32, device=dev)[None]
+    pl = None if lab is None else torch.as_tensor(lab, dtype=torch.int64, device=dev)[None]
+    boxes = None if bx is None else torch.as_tensor(bx, dtype=torch.float32, device=dev).reshape(1, 4)
+    out = model.decode(pc, pl, boxes, None, multimask_output=True)
+    best = int(out.iou_predictions[0].argmax())
+    # Only the chosen mask is brought to the original size.
+    logits = model.postprocess(out.low_res_logits[:, best : best + 1])[0, 0]
+    return model.binarize(logits).cpu().numpy()
+
+
+def _check_prompts(
+    points: np.ndarray | Sequence[Sequence[float]] | None,
+    labels: np.ndarray | Sequence[int] | None,
+    box: np.ndarray | Sequence[float] | None,
+    size: tuple[int, int],
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validated prompts for an image of ``size`` ``(H, W)``: points float64 ``[N, 2]`` and labels
+    int64 ``[N]`` (or None), box float64 ``[4]`` (or None)."""
+    h, w = size
     pts = lab = bx = None
     if points is not None and len(points) > 0:
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise InputError(f"points must be [N, 2] (x, y), got shape {pts.shape}")
+        if not np.isfinite(pts).all():
+            raise InputError("points must be finite numbers")
+        outside = (pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)
+        if outside.any():
+            x, y = pts[int(np.argmax(outside))]
+            raise InputError(f"point ({x:g}, {y:g}) is outside the image ({w}x{h} pixels, W x H)")
         lab = (
             np.ones(len(pts), np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
         )
@@ -644,20 +695,13 @@ def mask_from_prompts(
         bx = np.asarray(box, dtype=np.float64).reshape(-1)
         if bx.shape != (4,):
             raise InputError(f"box must be [x0, y0, x1, y1], got {bx.shape[0]} values")
+        if not np.isfinite(bx).all():
+            raise InputError("box must be finite numbers")
         if bx[2] < bx[0] or bx[3] < bx[1]:
             raise InputError(f"box must satisfy x0 <= x1 and y0 <= y1, got {bx.tolist()}")
+        if bx[0] >= w or bx[1] >= h or bx[2] <= 0 or bx[3] <= 0:  # no pixel inside
+            corners = ", ".join(f"{v:g}" for v in bx)
+            raise InputError(f"box [{corners}] is outside the image ({w}x{h} pixels, W x H)")
     if pts is None and bx is None:
         raise InputError("give at least one point or a box")
-    for arr, what in ((pts, "points"), (bx, "box")):
-        if arr is not None and not np.isfinite(arr).all():
-            raise InputError(f"{what} must be finite numbers")
-    model.set_image(img)
-    dev = model.device
-    pc = None if pts is None else torch.as_tensor(pts, dtype=torch.float32, device=dev)[None]
-    pl = None if lab is None else torch.as_tensor(lab, dtype=torch.int64, device=dev)[None]
-    boxes = None if bx is None else torch.as_tensor(bx, dtype=torch.float32, device=dev).reshape(1, 4)
-    out = model.decode(pc, pl, boxes, None, multimask_output=True)
-    best = int(out.iou_predictions[0].argmax())
-    # Only the chosen mask is brought to the original size.
-    logits = model.postprocess(out.low_res_logits[:, best : best + 1])[0, 0]
-    return model.binarize(logits).cpu().numpy()
+    return pts, lab, bx

@@ -317,7 +317,8 @@ def target_guided_attention(
         grid_size: ``(h, w)`` of the embedding grid.
         backbone: align with the backbone's embedding grid (off by default, for conformance).
 
-    A constant map (zero standard deviation) gives a uniform bias ``sigmoid(0)`` instead of NaNs.
+    A constant map (zero standard deviation) or a single-pixel map gives a uniform bias ``sigmoid(0)``
+    instead of NaNs.
 
     Returns:
         ``[1, 1, 1, h*w]`` (``[K, 1, 1, h*w]`` for ``K`` maps).
@@ -326,8 +327,9 @@ def target_guided_attention(
         return torch.cat([target_guided_attention(s, grid_size, backbone=backbone) for s in sim], dim=0)
     if sim.ndim != 2:
         raise ValueError(f"sim must be [H, W] or [K, H, W], got {tuple(sim.shape)}")
-    std = torch.std(sim)
-    # A constant map (e.g. fully suppressed) carries no location: a uniform bias instead of NaNs.
+    # A constant map (e.g. fully suppressed) or a single pixel carries no location: a uniform bias
+    # instead of NaNs (and no std() of one value, which has no degree of freedom).
+    std = torch.std(sim) if sim.numel() > 1 else sim.new_zeros(())
     s = (sim - sim.mean()) / std if bool(std > 0) else torch.zeros_like(sim)
     if backbone is None:
         grid = F.interpolate(s[None, None], size=tuple(grid_size), mode="bilinear", align_corners=False)

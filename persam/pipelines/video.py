@@ -41,6 +41,7 @@ import torch
 
 from persam.backbones.base import Backbone
 from persam.io import InputError
+from persam.methods import normalize_method
 from persam.personalize.core import (
     MaskTooSmallError,
     decode_stage,
@@ -59,7 +60,6 @@ from persam.video_io import FirstMask, FrameSource, Prefetcher, load_first_mask,
 
 __all__ = ["FrameResult", "VideoTracker", "track", "expand_box"]
 
-METHODS = ("persam", "persam_f")
 COMPAT_MODES = ("fixed", "official")
 
 # The reference script multiplies its 0/1 object masks by this value before the mask goes through
@@ -197,9 +197,7 @@ class VideoTracker:
         finetune_kwargs: dict[str, Any] | None = None,
         hook: Hook | None = None,
     ) -> None:
-        method = method.replace("-", "_").lower()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        method = normalize_method(method)
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {compat!r}")
         if topk < 1:
