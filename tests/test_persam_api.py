@@ -471,3 +471,15 @@ def test_aligned_attention_option(model, scene):
     b = aligned.segment(other, return_stages=True)
     assert np.array_equal(a.points, b.points)
     assert not np.array_equal(a.stages[0].scores, b.stages[0].scores)
+
+
+def test_mismatch_message_names_both_models_in_full():
+    from persam.personalize import ConceptMismatchError
+
+    image, mask = astronaut_scene()
+    a = build_model(fast_sam_config(), seed=0)
+    b = build_model(fast_sam_config(), seed=1)
+    concept = persam.learn(a, image, mask)
+    with pytest.raises(ConceptMismatchError) as e:
+        concept.bind(b)
+    assert a.checkpoint_id in str(e.value) and b.checkpoint_id in str(e.value)

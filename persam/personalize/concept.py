@@ -59,6 +59,12 @@ ImageLike = str | os.PathLike | np.ndarray
 MaskLike = str | os.PathLike | np.ndarray
 
 
+def _short_id(checkpoint_id: str) -> str:
+    """A checkpoint identity for messages: sha256 digests shortened, other ids kept whole."""
+    is_digest = len(checkpoint_id) == 64 and all(c in "0123456789abcdef" for c in checkpoint_id)
+    return checkpoint_id[:16] if is_digest else checkpoint_id
+
+
 class ConceptMismatchError(ValueError):
     """A concept is applied with a backbone (or weights) other than the one it was learned with."""
 
@@ -162,8 +168,8 @@ class Concept:
         if model.name != self.backbone_name or model.checkpoint_id != self.checkpoint_id:
             raise ConceptMismatchError(
                 f"concept {self.name or ''!s}{' ' if self.name else ''}was learned with backbone "
-                f"{self.backbone_name!r} (weights {self.checkpoint_id[:16]}) but the model is "
-                f"{model.name!r} (weights {model.checkpoint_id[:16]}); learn it again with this model"
+                f"{self.backbone_name!r} (weights {_short_id(self.checkpoint_id)}) but the model is "
+                f"{model.name!r} (weights {_short_id(model.checkpoint_id)}); learn it again with this model"
             )
 
     def bind(self, model: Backbone) -> Concept:
