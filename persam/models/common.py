@@ -23,6 +23,37 @@ def init_constant_buffers(module: nn.Module, device: torch.device | str | None =
             init_constant_buffers(child, device)
 
 
+class PixelNormalization:
+    """Mixin for a top-level model holding ``pixel_mean`` / ``pixel_std`` as non-persistent buffers.
+
+    The statistics are constants, not part of checkpoints; they are kept as numbers so that the
+    buffers (and those of the submodules) can be recreated after a meta-device build.
+    ``pixel_stats_shape`` is the view the model's ``preprocess`` broadcasts against.
+    """
+
+    pixel_stats_shape: tuple[int, ...] = (-1, 1, 1)
+
+    def _register_pixel_stats(self, pixel_mean, pixel_std) -> None:
+        self._pixel_stats = (tuple(float(v) for v in pixel_mean), tuple(float(v) for v in pixel_std))
+        self.register_buffer("pixel_mean", torch.empty(0), persistent=False)
+        self.register_buffer("pixel_std", torch.empty(0), persistent=False)
+        self._init_pixel_stats(None)
+
+    def _init_pixel_stats(self, device: torch.device | str | None) -> None:
+        mean, std = self._pixel_stats
+        self.pixel_mean = torch.tensor(mean, dtype=torch.float32, device=device).view(*self.pixel_stats_shape)
+        self.pixel_std = torch.tensor(std, dtype=torch.float32, device=device).view(*self.pixel_stats_shape)
+
+    def init_constant_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recreates every non-persistent buffer (``pixel_mean`` / ``pixel_std`` and those of the
+        submodules, e.g. TinyViT's attention index tables) on ``device`` (default: the device of
+        the parameters). Needed after building on ``meta`` and loading with ``assign=True``."""
+        if device is None:
+            device = next(self.parameters()).device
+        self._init_pixel_stats(device)
+        init_constant_buffers(self, device)
+
+
 class MLPBlock(nn.Module):
     """Two-layer transformer MLP ``lin2(act(lin1(x)))`` acting on the last dimension."""
 

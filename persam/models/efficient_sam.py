@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from persam.models.common import LayerNorm2d, init_constant_buffers
+from persam.models.common import LayerNorm2d, PixelNormalization
 from persam.models.mask_decoder import MaskDecoder
 from persam.models.prompt_encoder import PositionEmbeddingRandom
 from persam.models.transformer import TwoWayAttentionBlock, TwoWayTransformer
@@ -383,7 +383,7 @@ class EfficientSamMaskDecoder(MaskDecoder):
 
 
 # ------------------------------------------------------------------------------- full model
-class EfficientSam(nn.Module):
+class EfficientSam(PixelNormalization, nn.Module):
     """Image encoder + point prompt encoder + mask decoder, with EfficientSAM's geometry.
 
     Images are ``[B, 3, H, W]`` floats in ``[0, 1]`` (``uint8 / 255``); points are ``(x, y)`` in
@@ -393,6 +393,8 @@ class EfficientSam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+
+    pixel_stats_shape = (1, 3, 1, 1)
 
     def __init__(
         self,
@@ -408,26 +410,7 @@ class EfficientSam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.decoder_max_num_input_points = decoder_max_num_input_points
         self.mask_decoder = mask_decoder
-        # Constants, not part of the checkpoints; kept as numbers so that the buffers can be
-        # recreated after a meta-device build.
-        self._pixel_stats = (tuple(float(v) for v in pixel_mean), tuple(float(v) for v in pixel_std))
-        self.register_buffer("pixel_mean", torch.empty(0), persistent=False)
-        self.register_buffer("pixel_std", torch.empty(0), persistent=False)
-        self._init_pixel_stats(None)
-
-    def _init_pixel_stats(self, device: torch.device | str | None) -> None:
-        mean, std = self._pixel_stats
-        self.pixel_mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.pixel_std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-    def init_constant_buffers(self, device: torch.device | str | None = None) -> None:
-        """Recreates the non-persistent buffers (``pixel_mean`` / ``pixel_std``, and any of the
-        submodules) on ``device`` (default: the device of the parameters). Needed after building
-        on ``meta`` and loading with ``assign=True``."""
-        if device is None:
-            device = next(self.parameters()).device
-        self._init_pixel_stats(device)
-        init_constant_buffers(self, device)
+        self._register_pixel_stats(pixel_mean, pixel_std)
 
     @property
     def img_size(self) -> int:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from persam.models.common import init_constant_buffers
+from persam.models.common import PixelNormalization
 from persam.models.image_encoder import ImageEncoderViT
 from persam.models.mask_decoder import MaskDecoder
 from persam.models.prompt_encoder import PromptEncoder
@@ -29,7 +29,7 @@ IMAGE_SIZE = 1024
 PATCH_SIZE = 16
 
 
-class Sam(nn.Module):
+class Sam(PixelNormalization, nn.Module):
     """Segment Anything: encodes a 1024x1024 padded image once, then decodes prompts.
 
     ``pixel_mean`` / ``pixel_std`` are non-persistent buffers (constants, not in checkpoints).
@@ -50,25 +50,7 @@ class Sam(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
-        # Kept as numbers so that the buffers can be recreated after a meta-device build.
-        self._pixel_stats = (tuple(float(v) for v in pixel_mean), tuple(float(v) for v in pixel_std))
-        self.register_buffer("pixel_mean", torch.empty(0), persistent=False)
-        self.register_buffer("pixel_std", torch.empty(0), persistent=False)
-        self._init_pixel_stats(None)
-
-    def _init_pixel_stats(self, device: torch.device | str | None) -> None:
-        mean, std = self._pixel_stats
-        self.pixel_mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-        self.pixel_std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
-
-    def init_constant_buffers(self, device: torch.device | str | None = None) -> None:
-        """Recreates every non-persistent buffer (``pixel_mean`` / ``pixel_std`` and those of the
-        submodules, e.g. TinyViT's attention index tables) on ``device`` (default: the device of
-        the parameters). Needed after building on ``meta`` and loading with ``assign=True``."""
-        if device is None:
-            device = next(self.parameters()).device
-        self._init_pixel_stats(device)
-        init_constant_buffers(self, device)
+        self._register_pixel_stats(pixel_mean, pixel_std)
 
     @property
     def img_size(self) -> int:
