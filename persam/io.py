@@ -19,21 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from persam.errors import InputError, OutputPathError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 PathLike = str | os.PathLike
 
-
-class InputError(ValueError):
-    """Bad user input (unreadable file, wrong size, empty mask, ...). The message is one line."""
-
-
-class OutputPathError(InputError, OSError):
-    """An output path that cannot be written (a file where a folder is needed, no permission).
-
-    It is both an :class:`InputError` (the path is the user's choice) and an :class:`OSError`
-    (what code writing files expects); the message is one line naming the path.
-    """
+__all__ = ["InputError", "OutputPathError", "PathLike"]  # errors re-exported for existing imports
 
 
 def _open(path: PathLike) -> Image.Image:

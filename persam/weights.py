@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from persam.errors import UnverifiedCheckpointWarning, WeightsError, first_line
 from persam.io import atomic_path
 
 if TYPE_CHECKING:  # torch is imported lazily: listing or locating checkpoints must stay cheap
@@ -45,14 +46,6 @@ PathLike = str | os.PathLike
 
 _CHUNK = 1 << 20
 _USER_AGENT = "persam-weights/0.1 (+python-urllib)"
-
-
-class WeightsError(RuntimeError):
-    """A checkpoint cannot be found, downloaded, read or loaded. The message is one line."""
-
-
-class UnverifiedCheckpointWarning(UserWarning):
-    """A checkpoint was downloaded or checked but no published sha256 exists to verify it against."""
 
 
 @dataclass(frozen=True)
@@ -626,9 +619,7 @@ def resolve_checkpoint(model_name: str | None, checkpoint: PathLike) -> Path:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    line = text.splitlines()[0].strip()
-    return line if len(line) <= 200 else line[:197] + "..."
+    return first_line(e, max_len=200)
 
 
 def _torch_reason(e: BaseException) -> str:

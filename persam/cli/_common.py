@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from persam import methods
+from persam.errors import first_line
 
 if TYPE_CHECKING:
     from persam.backbones.base import Backbone
@@ -35,10 +36,7 @@ def fail(prog: str, message: str) -> int:
     return EXIT_ERROR
 
 
-def one_line(message: object) -> str:
-    """The first non-empty line of a message (exception texts sometimes carry tracebacks or hints)."""
-    text = str(message).strip()
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), text) or "unknown error"
+one_line = first_line
 
 
 # ------------------------------------------------------------------------------------------ model

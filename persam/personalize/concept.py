@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from persam.backbones.base import Backbone
-from persam.io import InputError, as_image, as_mask, atomic_path
+from persam.errors import ConceptMismatchError, InputError, describe
+from persam.io import as_image, as_mask, atomic_path
 from persam.methods import METHODS, normalize_method
 from persam.personalize.core import (
     CascadeResult,
@@ -63,10 +64,6 @@ def _short_id(checkpoint_id: str) -> str:
     """A checkpoint identity for messages: sha256 digests shortened, other ids kept whole."""
     is_digest = len(checkpoint_id) == 64 and all(c in "0123456789abcdef" for c in checkpoint_id)
     return checkpoint_id[:16] if is_digest else checkpoint_id
-
-
-class ConceptMismatchError(ValueError):
-    """A concept is applied with a backbone (or weights) other than the one it was learned with."""
 
 
 # ------------------------------------------------------------------------------------ results
@@ -271,7 +268,7 @@ class Concept:
             if method == "persam_f":
                 weights = torch.from_numpy(data["mask_weights"].astype(np.float32)).reshape(3)
         except (KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
-            raise InputError(f"{p}: not a valid persam concept file ({_first_line(e)})") from None
+            raise InputError(f"{p}: not a valid persam concept file ({describe(e)})") from None
         concept = cls(
             method=method,
             target_feat=feat,
@@ -296,18 +293,13 @@ def _read_concept_arrays(p: Path) -> dict[str, np.ndarray]:
         # numpy's message advises allow_pickle=True: a concept never holds objects, so never do that.
         if "pickle" in str(e):
             raise InputError(f"{p}: not a persam concept file (it holds pickled objects)") from None
-        raise InputError(f"{p}: not a persam concept file ({_first_line(e)})") from None
+        raise InputError(f"{p}: not a persam concept file ({describe(e)})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{p}: not a persam concept file ({_first_line(e)})") from None
+        raise InputError(f"{p}: not a persam concept file ({describe(e)})") from None
     # Any other zip (a torch checkpoint, say) opens as an archive too, without our metadata entry.
     if not isinstance(data.get("metadata"), np.ndarray):
         raise InputError(f"{p}: not a persam concept file (no persam metadata)")
     return data
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 # -------------------------------------------------------------------------------------- learn

@@ -29,15 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from persam.backbones.base import Backbone
-from persam.io import InputError
+from persam.errors import InputError, MaskTooSmallError
 
 #: Red channel of SAM's ``pixel_mean``: the value a reference-mask pixel has to exceed (after the
 #: reference implementation's normalisation) for its embedding cell to be selected.
 REFERENCE_MASK_LEVEL = 123.675
-
-
-class MaskTooSmallError(InputError):
-    """The reference mask covers no cell of the embedding grid."""
 
 
 # ----------------------------------------------------------------------------------- reference
