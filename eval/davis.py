@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from persam.cli._common import CommandError, add_model_arguments, load_model, normalize_method, one_line
+from persam.cli.options import CommandError, add_model_arguments, load_model, normalize_method, one_line
 from persam.io import InputError
 from persam.pipelines.video import track
 from persam.video_io import DAVIS_PALETTE, ResultWriter, davis_sequence, load_first_mask, open_video

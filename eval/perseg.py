@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from persam.cli._common import CommandError, add_model_arguments, load_model, normalize_method, one_line
+from persam.cli.options import CommandError, add_model_arguments, load_model, normalize_method, one_line
 from persam.io import IMAGE_EXTENSIONS, InputError
 from persam.pipelines.image_set import segment_image_set
 

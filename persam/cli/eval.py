@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from persam.cli._common import fail, one_line
+from persam.cli.options import fail, one_line
 
 _PROG = "persam eval"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from persam.cli._common import (
+from persam.cli.options import (
     CommandError,
     add_model_arguments,
     add_reference_arguments,

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from persam.cli._common import (
+from persam.cli.options import (
     EXIT_PARTIAL,
     CommandError,
     add_model_arguments,

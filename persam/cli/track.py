@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from persam.cli._common import CommandError, add_model_arguments, fail, load_model, normalize_method, one_line
+from persam.cli.options import CommandError, add_model_arguments, fail, load_model, normalize_method, one_line
 
 _PROG = "persam track"
 OVERLAY_SUFFIXES = (".mp4", ".avi")

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from persam import weights as w
-from persam.cli._common import EXIT_PARTIAL, fail
+from persam.cli.options import EXIT_PARTIAL, fail
 
 _PROG = "persam weights"
 
