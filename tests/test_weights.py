@@ -9,6 +9,7 @@ import io
 import json
 import re
 import socket
+import sys
 import threading
 import warnings
 import zipfile
@@ -22,6 +23,7 @@ from conftest import fixture_dir
 from torch import nn
 
 from persam import weights as w
+from persam.weights import cache as weights_cache
 
 # --------------------------------------------------------------------------------------- test server
 
@@ -166,15 +168,15 @@ def test_cache_dir_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.setenv("PERSAM_HOME", str(tmp_path / "ph"))
     assert w.cache_dir() == tmp_path / "ph"
     monkeypatch.delenv("PERSAM_HOME")
-    monkeypatch.setattr(w.sys, "platform", "linux")
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert w.cache_dir() == tmp_path / "xdg" / "persam"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     assert w.cache_dir() == tmp_path / "user" / ".cache" / "persam"
-    monkeypatch.setattr(w.sys, "platform", "darwin")
+    monkeypatch.setattr(sys, "platform", "darwin")
     assert w.cache_dir() == tmp_path / "user" / "Library" / "Caches" / "persam"
-    monkeypatch.setattr(w.sys, "platform", "win32")
+    monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
     assert w.cache_dir() == tmp_path / "local" / "persam"
 
@@ -696,7 +698,7 @@ def test_checkpoint_identity_is_remembered_and_follows_changes(tmp_path, monkeyp
     assert (tmp_path / "home" / "hashes.json").is_file()
     # A remembered digest is served without re-reading the file...
     calls = []
-    monkeypatch.setattr(w, "file_sha256", lambda p: calls.append(p) or "0" * 64)
+    monkeypatch.setattr(weights_cache, "file_sha256", lambda p: calls.append(p) or "0" * 64)
     assert w.checkpoint_identity(f) == first
     assert calls == []
     # ...until the file changes.
