@@ -49,11 +49,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from persam import devices
 from persam.io import InputError, as_image, load_image, load_label_map
-from persam.models.configs import random_model_names
 from persam.outputs import mask_to_png_array, render_overlay
+from persam.registry import get_spec, is_registered, list_models, random_model_names
 from persam.video_io import DAVIS_PALETTE, ResultWriter, open_video, overlay_labels
-from persam.weights import CHECKPOINTS, WeightsError, cache_location, cached_path
+from persam.weights import WeightsError, cache_location, cached_path, get_info
 
 logger = logging.getLogger("persam.demo")
 
@@ -61,6 +62,7 @@ logger = logging.getLogger("persam.demo")
 # attention only), for tests and UI development: one image-encoder pass takes milliseconds.
 RANDOM_MODEL_CONFIG: dict[str, Any] = {
     "name": "random_demo_model",
+    "family": "sam",
     "image_encoder": {
         "class": "ImageEncoderViT",
         "img_size": 1024,
@@ -114,9 +116,9 @@ RANDOM_WEIGHTS_NOTE = (
     "for real results."
 )
 
-MODEL_CHOICES: list[str] = list(CHECKPOINTS)
-DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
-DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
+MODEL_CHOICES: list[str] = list_models()
+DEVICE_CHOICES = list(devices.DEVICE_CHOICES)
+DTYPE_CHOICES = list(devices.DTYPE_CHOICES)
 CHECKPOINT_HELP = (
     "empty or auto: the cached official checkpoint; a path: that file; none: random weights (testing only)"
 )
@@ -157,10 +159,19 @@ class ModelSettings:
         return self.checkpoint.strip().lower() == "none"
 
 
+def official_checkpoint(name: str) -> str | None:
+    """The entry of :data:`persam.weights.CHECKPOINTS` holding the official weights of model
+    ``name``, or None (a model config, or a model without official weights)."""
+    return get_spec(name).checkpoint if is_registered(name) else None
+
+
 def how_to_get(name: str) -> str:
     """One sentence telling the user how to obtain the checkpoint of model ``name``."""
+    entry = official_checkpoint(name)
+    if entry is None:
+        return "Enter the path of its checkpoint file under Settings → Checkpoint."
     return (
-        f"Download it with `persam weights download {name}` (it goes to {cache_location(name)}), "
+        f"Download it with `persam weights download {name}` (it goes to {cache_location(entry)}), "
         "or enter the path of a checkpoint file under Settings → Checkpoint."
     )
 
@@ -175,7 +186,7 @@ def resolve_model(model: str | None) -> str:
     text = (model or "").strip()
     if not text:
         raise DemoError("Choose a model under Settings → Model.")
-    if text in CHECKPOINTS or text in random_model_names():
+    if is_registered(text):
         return text
     path = Path(text).expanduser()
     if path.suffix.lower() != ".json" and not path.is_file():
@@ -207,18 +218,15 @@ def resolve_dtype(dtype: str | None) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> the best available device; an unavailable accelerator is a :class:`DemoError`."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if device == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
+    """``auto`` -> the best available device (:func:`persam.devices.resolve_device`); an unknown
+    or unavailable device is a :class:`DemoError`."""
     if device not in DEVICE_CHOICES:
         raise DemoError(f"Unknown device {device!r} (choose one of {', '.join(DEVICE_CHOICES)}).")
-    if (device == "cuda" and not cuda) or (device == "mps" and not mps):
-        raise DemoError(f"Device {device} is not available on this machine; choose cpu or auto.")
-    return device
+    try:
+        return str(devices.resolve_device(device))
+    except InputError:
+        # The page speaks in sentences; the resolver's one-line reason names the missing backend.
+        raise DemoError(f"Device {device} is not available on this machine; choose cpu or auto.") from None
 
 
 def resolve_checkpoint_path(name: str, checkpoint: str) -> Path | None:
@@ -233,12 +241,13 @@ def resolve_checkpoint_path(name: str, checkpoint: str) -> Path | None:
     if text.lower() == "none":
         return None
     if text in ("", "auto"):
-        if name not in CHECKPOINTS:
+        entry = official_checkpoint(name)
+        if entry is None:
             raise DemoError(
                 f"{name} has no official checkpoint: enter the path of its checkpoint file under "
                 "Settings → Checkpoint, or `none` for random weights (testing only)."
             )
-        path = cached_path(name)
+        path = cached_path(entry)
         if path is None:
             raise DemoError(f"No checkpoint for {name} in the cache. {how_to_get(name)}")
         return path
@@ -274,7 +283,7 @@ class ModelCache:
 
     def get(self, settings: ModelSettings) -> Any:
         """The backbone for ``settings`` (loaded on first use; :class:`DemoError` on any failure)."""
-        from persam.models.build import build_model
+        from persam.registry import build_model
 
         key = self.key(settings)
         with self._lock:
@@ -1265,10 +1274,16 @@ def build_app(
     return app
 
 
+def _model_label(name: str) -> str:
+    """The architecture in words (from its official checkpoint entry), else the name."""
+    entry = official_checkpoint(name)
+    return get_info(entry).model if entry is not None else name
+
+
 def model_choices(default_model: str = "") -> list[tuple[str, str]]:
     """``(label, value)`` of the Model dropdown: the registry models, the small random test models and,
     when it is neither, ``default_model`` itself (e.g. a config path given on the command line)."""
-    choices = [(f"{CHECKPOINTS[n].model} ({n})", n) for n in MODEL_CHOICES]
+    choices = [(f"{_model_label(n)} ({n})", n) for n in MODEL_CHOICES]
     choices += [(f"{n} (random test model, checkpoint none)", n) for n in random_model_names()]
     if default_model and default_model not in {value for _, value in choices}:
         choices.append((default_model, default_model))

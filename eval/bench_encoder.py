@@ -43,7 +43,7 @@ def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threa
     torch.manual_seed(0)
     baseline = _rss_peak_mib()
     try:
-        from persam.models.build import build_model
+        from persam.registry import build_model
 
         backbone = build_model(model, checkpoint=None, device=device, dtype=dtype)
     except Exception as e:  # any failure to build means "not available here"

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from persam.models.build import build_model
 from persam.personalize import learn
 from persam.personalize.concept import segment_current_image
 from persam.personalize.finetune import fit_mask_weights, naive_logits_fn, reference_training_logits
+from persam.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FIXTURE = ROOT.parent / "shared" / "fixtures" / "sam" / "tiny_config.json"

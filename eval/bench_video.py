@@ -88,8 +88,8 @@ def worker(
     """Tracks one synthetic video in this process and returns the numbers."""
     import torch
 
-    from persam.models.build import build_model
     from persam.pipelines.video import track
+    from persam.registry import build_model
 
     if threads:
         torch.set_num_threads(threads)

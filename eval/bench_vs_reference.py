@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from persam.models.build import build_module
+from persam.registry import build_module
 
 
 def load_reference_modeling(root: Path):

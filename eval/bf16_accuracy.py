@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from persam.io import load_image
-from persam.models.build import build_model
+from persam.registry import build_model
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sam"
 

@@ -18,13 +18,13 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it (imported lazily so that `import persam` stays cheap).
 _EXPORTS = {
-    "build_model": "persam.models.build",
-    "list_models": "persam.models.build",
+    "build_model": "persam.registry",
+    "list_models": "persam.registry",
     "learn": "persam.personalize",
     "Concept": "persam.personalize",
     "SegmentationResult": "persam.personalize",
     "track": "persam.pipelines.video",
-    "InputError": "persam.io",
+    "InputError": "persam.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

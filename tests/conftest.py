@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from persam.models.configs import tiny_sam_config
+from persam.registry import tiny_sam_config
 from persam.video_io import DAVIS_PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import persam
-from persam.models.configs import random_model_names
 from persam.personalize import Concept, mask_from_prompts, segment_concepts
+from persam.registry import random_model_names
 
 FAMILIES = random_model_names()
 

@@ -315,7 +315,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     """Config JSON and two random checkpoints (different seeds) of a small random SAM."""
     import torch
 
-    from persam.models.build import build_module
+    from persam.registry import build_module
 
     d = tmp_path_factory.mktemp("tiny_model")
     config = fast_sam_config()
@@ -412,11 +412,11 @@ def test_cli_resume_and_overwrite(tiny, scenes, tmp_path, capsys) -> None:
 def test_cli_loads_model_once_and_encodes_each_image_once(
     tiny, scenes, tmp_path, capsys, monkeypatch
 ) -> None:
+    from persam import registry
     from persam.backbones.base import Backbone
-    from persam.models import build
 
     builds, encodes = [], []
-    real_build = build.build_model
+    real_build = registry.build_model
 
     def counting_build(*a, **k):
         model = real_build(*a, **k)
@@ -425,7 +425,7 @@ def test_cli_loads_model_once_and_encodes_each_image_once(
         builds.append(model)
         return model
 
-    monkeypatch.setattr(build, "build_model", counting_build)
+    monkeypatch.setattr(registry, "build_model", counting_build)
     rc, _, err = _cli(
         ["segment", *_ref_args(scenes), scenes / "targets", "-o", tmp_path, *_model_args(tiny)], capsys
     )
@@ -633,9 +633,9 @@ def test_cli_config_model_with_default_checkpoint_says_what_to_pass(tiny, scenes
 def test_cli_refuses_a_clashing_concept_name_before_loading_the_model(
     tiny, scenes, tmp_path, capsys, monkeypatch
 ) -> None:
-    from persam.models import build
+    from persam import registry
 
-    monkeypatch.setattr(build, "build_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(registry, "build_model", lambda *a, **k: pytest.fail("model loaded"))
     argv = ["segment", *_ref_args(scenes), scenes / "targets", "-o", tmp_path / "o", "--save", "perseg"]
     rc, _, err = _cli([*argv, "--concept-name", "masks", *_model_args(tiny)], capsys)
     assert rc == 2 and err.count("\n") == 1 and "--concept-name" in err and "'masks'" in err

@@ -75,7 +75,7 @@ def backbones(model: EfficientSam, vectors: dict) -> dict[str, EfficientSamBackb
     torch.set_num_threads(1)
     out = {}
     for name in IMAGES:
-        bb = EfficientSamBackbone(model, "efficient_sam_tiny", "tiny")
+        bb = EfficientSamBackbone(model, name="efficient_sam_tiny", checkpoint_id="tiny")
         bb.set_image(vectors["images"][name]["image_uint8"].numpy())
         out[name] = bb
     torch.set_num_threads(n)
@@ -155,7 +155,7 @@ def test_encoder_abs_pos_and_dense_pe(model, vectors):
 @pytest.mark.parametrize("image", IMAGES)
 def test_preprocessing(model, vectors, image):
     im = vectors["images"][image]
-    bb = EfficientSamBackbone(model, "t", "t")
+    bb = EfficientSamBackbone(model, name="t", checkpoint_id="t")
     pre = bb.preprocess_image(im["image_uint8"].numpy())
     assert pre.shape == (1, 3, 1024, 1024) and pre.dtype == torch.float32
     for key, (r, c) in im["preprocessed_window_origins_rc"].items():
@@ -170,7 +170,9 @@ def test_preprocessing(model, vectors, image):
 
 def test_preprocessing_full(model):
     full = load_fixture(NAME, "tiny_preprocessed_full.pt")
-    pre = EfficientSamBackbone(model, "t", "t").preprocess_image(full["image_uint8"].numpy())
+    pre = EfficientSamBackbone(model, name="t", checkpoint_id="t").preprocess_image(
+        full["image_uint8"].numpy()
+    )
     torch.testing.assert_close(pre, full["preprocessed"], **TOL_PRE)
 
 
@@ -178,7 +180,7 @@ def test_mask_to_embedding_grid_follows_the_image_geometry(model):
     # A map taken from the image itself must land where the image's pixels land on the grid.
     full = load_fixture(NAME, "tiny_preprocessed_full.pt")
     img = full["image_uint8"].numpy()
-    bb = EfficientSamBackbone(model, "t", "t")
+    bb = EfficientSamBackbone(model, name="t", checkpoint_id="t")
     grid = bb.mask_to_embedding_grid(torch.from_numpy(img[..., 0]).float() / 255, pad_value=123.0)
     red = full["preprocessed"][:, :1] * 0.229 + 0.485  # undo the normalisation of channel 0
     expected = F.interpolate(red, (64, 64), mode="bilinear", align_corners=False)[0, 0]

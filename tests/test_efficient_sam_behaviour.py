@@ -10,7 +10,6 @@ from skimage import data
 
 from persam.backbones.efficient_sam import EfficientSamBackbone
 from persam.io import InputError
-from persam.models.configs import tiny_efficient_sam_config
 from persam.models.efficient_sam import (
     EfficientSam,
     EfficientSamMaskDecoder,
@@ -20,6 +19,7 @@ from persam.models.efficient_sam import (
 )
 from persam.models.mask_decoder import MaskDecoder
 from persam.models.transformer import TwoWayAttentionBlock, TwoWayTransformer
+from persam.registry import tiny_efficient_sam_config
 
 CONFIG = tiny_efficient_sam_config()["config"]
 H, W = 300, 450
@@ -60,7 +60,7 @@ def model() -> EfficientSam:
 def backbone(model, image) -> EfficientSamBackbone:
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    bb = EfficientSamBackbone(model, "efficient_sam_random", "random")
+    bb = EfficientSamBackbone(model, name="efficient_sam_random", checkpoint_id="random")
     bb.set_image(image)
     torch.set_num_threads(n)
     return bb
@@ -77,7 +77,7 @@ def test_shapes_and_dtypes_float32(backbone, image):
     assert backbone.features.shape == (1, 16, 64, 64) and backbone.features.dtype == torch.float32
     assert backbone.original_size == (H, W)
     assert backbone.image_embedding_size == (64, 64) and backbone.embed_dim == 16
-    out = backbone.decode(POINTS, LABELS, BOXES)
+    out = backbone.decode(POINTS, LABELS, boxes=BOXES)
     assert out.low_res_logits.shape == (3, 3, 256, 256) and out.iou_predictions.shape == (3, 3)
     assert out.low_res_logits.dtype == torch.float32 and out.iou_predictions.dtype == torch.float32
     single = backbone.decode(POINTS, LABELS, multimask_output=False)
@@ -93,24 +93,26 @@ def test_shapes_and_dtypes_float32(backbone, image):
 
 
 def test_bfloat16_autocast_encoder(model, image, backbone):
-    bb16 = EfficientSamBackbone(model, "efficient_sam_random", "random", dtype=torch.bfloat16)
+    bb16 = EfficientSamBackbone(
+        model, name="efficient_sam_random", checkpoint_id="random", dtype=torch.bfloat16
+    )
     bb16.set_image(image)
     feats = bb16.features
     assert feats.dtype == torch.float32 and feats.shape == backbone.features.shape
     # bf16 keeps ~3 significant digits: close to float32, but not identical.
     err = (feats - backbone.features).abs().max().item()
     assert 0 < err < 0.1 * backbone.features.abs().max().item()
-    out = bb16.decode(POINTS, LABELS, BOXES)
+    out = bb16.decode(POINTS, LABELS, boxes=BOXES)
     assert out.low_res_logits.dtype == torch.float32 and torch.isfinite(out.low_res_logits).all()
     assert out.low_res_logits.shape == (3, 3, 256, 256)
     with pytest.raises(ValueError, match="dtype"):
-        EfficientSamBackbone(model, "x", "x", dtype=torch.float64)
+        EfficientSamBackbone(model, name="x", checkpoint_id="x", dtype=torch.float64)
 
 
 def test_batched_decode_equals_separate_decodes(backbone):
-    batched = backbone.decode(POINTS, LABELS, BOXES)
+    batched = backbone.decode(POINTS, LABELS, boxes=BOXES)
     for i in range(len(POINTS)):
-        one = backbone.decode(POINTS[i : i + 1], LABELS[i : i + 1], BOXES[i : i + 1])
+        one = backbone.decode(POINTS[i : i + 1], LABELS[i : i + 1], boxes=BOXES[i : i + 1])
         torch.testing.assert_close(one.low_res_logits[0], batched.low_res_logits[i], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(one.iou_predictions[0], batched.iou_predictions[i], atol=1e-5, rtol=1e-5)
 
@@ -151,14 +153,14 @@ def test_box_is_two_corner_points_before_the_points(backbone):
     pts, lbl = POINTS[:1], LABELS[:1]
     corners = BOXES[:1].reshape(1, 2, 2)
     explicit = backbone.decode(torch.cat([corners, pts], 1), torch.cat([torch.tensor([[2, 3]]), lbl], 1))
-    assert torch.equal(backbone.decode(pts, lbl, BOXES[:1]).low_res_logits, explicit.low_res_logits)
+    assert torch.equal(backbone.decode(pts, lbl, boxes=BOXES[:1]).low_res_logits, explicit.low_res_logits)
     # With more than 6 prompts the box survives; the last points are dropped.
     many = torch.tensor([[[float(30 * i), float(20 * i)] for i in range(1, 7)]])
     many_lbl = torch.ones(1, 6, dtype=torch.int64)
     kept = backbone.decode(
         torch.cat([corners, many[:, :4]], 1), torch.cat([torch.tensor([[2, 3]]), many_lbl[:, :4]], 1)
     )
-    assert torch.equal(backbone.decode(many, many_lbl, BOXES[:1]).low_res_logits, kept.low_res_logits)
+    assert torch.equal(backbone.decode(many, many_lbl, boxes=BOXES[:1]).low_res_logits, kept.low_res_logits)
 
 
 def test_point_conventions(backbone):
@@ -195,7 +197,7 @@ def test_binarize_is_inclusive_at_zero(backbone):
 
 
 def test_bad_inputs(model, image, backbone):
-    fresh = EfficientSamBackbone(model, "x", "x")
+    fresh = EfficientSamBackbone(model, name="x", checkpoint_id="x")
     with pytest.raises(RuntimeError, match="set_image"):
         fresh.decode(POINTS, LABELS)
     with pytest.raises(InputError, match="uint8"):
@@ -205,9 +207,9 @@ def test_bad_inputs(model, image, backbone):
     with pytest.raises(ValueError, match="point_labels"):
         backbone.decode(POINTS, LABELS[:, :1])
     with pytest.raises(ValueError, match="boxes"):
-        backbone.decode(POINTS, LABELS, BOXES[:2])
+        backbone.decode(POINTS, LABELS, boxes=BOXES[:2])
     with pytest.raises(ValueError, match=r"\[B, 4\]"):
-        backbone.decode(None, None, torch.zeros(4))
+        backbone.decode(None, None, boxes=torch.zeros(4))
     with pytest.raises(ValueError, match="1024x1024"):
         model.image_encoder(torch.zeros(1, 3, 512, 512))
 

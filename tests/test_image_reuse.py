@@ -9,8 +9,8 @@ from conftest import fast_sam_config
 
 from persam.backbones.base import image_fingerprint
 from persam.io import InputError
-from persam.models.build import build_model
 from persam.personalize import learn, mask_from_prompts, segment_concepts
+from persam.registry import build_model
 
 H, W = 96, 128
 

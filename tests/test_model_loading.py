@@ -11,12 +11,19 @@ import torch
 from conftest import fixture_dir, gradient_scene
 from torch import nn
 
+import persam
 import persam.weights as w
 from persam.backbones.efficient_sam import EfficientSamBackbone
 from persam.backbones.sam import SamBackbone
-from persam.models import build
-from persam.models.build import build_model, build_module, list_models, materialize_constants
-from persam.models.configs import tiny_efficient_sam_config, tiny_mobile_sam_config, tiny_sam_config
+from persam.registry import (
+    build_model,
+    build_module,
+    list_models,
+    materialize_constants,
+    tiny_efficient_sam_config,
+    tiny_mobile_sam_config,
+    tiny_sam_config,
+)
 
 SAM_CONFIG = tiny_sam_config()
 # Non-default pixel statistics: constant buffers must come from the config, not the class defaults.
@@ -52,8 +59,8 @@ def _outputs(bb, seeds: tuple[int, ...] = (0, 1)) -> list[torch.Tensor]:
         pts = torch.tensor([[[90.0, 50.0], [20.0, 100.0]]])
         lab = torch.tensor([[1, 0]])
         box = torch.tensor([[60.0, 20.0, 130.0, 80.0]])
-        for args in ((pts, lab, None), (None, None, box), (pts, lab, box)):
-            dec = bb.decode(*args, multimask_output=True)
+        for pc, pl, bx in ((pts, lab, None), (None, None, box), (pts, lab, box)):
+            dec = bb.decode(pc, pl, boxes=bx, multimask_output=True)
             out += [dec.low_res_logits, dec.iou_predictions, bb.postprocess(dec.low_res_logits)]
     return out
 
@@ -94,7 +101,7 @@ def test_tiny_sam_fixture_loads_bit_identically(monkeypatch):
     # The module holds the checkpoint's own tensors: the weights exist once.
     key = "image_encoder.patch_embed.proj.weight"
     assert bb.model.get_parameter(key).data_ptr() == read["state"][key].data_ptr()
-    _assert_bit_identical(bb, SamBackbone(reference, "tiny", "reference"), seeds=(0,))
+    _assert_bit_identical(bb, SamBackbone(reference, name="tiny", checkpoint_id="reference"), seeds=(0,))
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
@@ -115,7 +122,7 @@ def test_checkpoint_build_is_bit_identical_to_a_loaded_module(family, tmp_path):
     reference = build_module(copy.deepcopy(cfg)).eval()
     reference.load_state_dict(torch.load(path, weights_only=True), strict=True)
     _assert_same_model(bb.model, reference)
-    _assert_bit_identical(bb, backbone_cls(reference, "reference", "reference"))
+    _assert_bit_identical(bb, backbone_cls(reference, name="reference", checkpoint_id="reference"))
 
 
 def test_half_precision_checkpoint_gives_float32_weights(tmp_path):
@@ -185,7 +192,7 @@ def test_materialize_constants_names_a_buffer_nothing_provides():
 
 def test_every_registered_model_has_an_official_checkpoint():
     assert list_models() == sorted(w.checkpoint_names())
-    assert build.list_models is list_models
+    assert persam.list_models is list_models
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -204,7 +211,7 @@ def test_checkpoint_build_on_cuda_has_every_tensor_there(family, tmp_path, monke
 
 
 def test_random_test_models_are_buildable_by_name_but_not_listed():
-    from persam.models.configs import random_model_config, random_model_names
+    from persam.registry import random_model_config, random_model_names
 
     assert random_model_names() == ["tiny_random_efficient_sam", "tiny_random_mobile_sam", "tiny_random_sam"]
     assert not set(random_model_names()) & set(list_models())

@@ -16,7 +16,6 @@ from PIL import Image
 import persam
 from persam.io import InputError
 from persam.methods import normalize_method
-from persam.models.build import build_model
 from persam.personalize import (
     Concept,
     ConceptMismatchError,
@@ -26,6 +25,7 @@ from persam.personalize import (
     mask_from_prompts,
     segment_concepts,
 )
+from persam.registry import build_model
 
 STEPS = 60  # PerSAM-F steps in these tests (the algorithm is the same for any count)
 

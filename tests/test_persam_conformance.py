@@ -74,7 +74,7 @@ class _Runner:
         cfg = json.loads((d / "tiny_config.json").read_text())
         module = sam_from_config(cfg)
         module.load_state_dict(load_fixture("sam", "tiny_state_dict.pt"), strict=True)
-        self.model = SamBackbone(module, "tiny", "fixture")
+        self.model = SamBackbone(module, name="tiny", checkpoint_id="fixture")
         self.inputs = load_fixture("persam", "inputs.pt")["concepts"]
         self.persam = load_fixture("persam", "persam.pt")
         self.persam_f = load_fixture("persam", "persam_f.pt")

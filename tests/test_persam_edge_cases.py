@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from persam.backbones.base import Backbone, DecoderOutput
-from persam.models.build import build_model
 from persam.personalize import MaskTooSmallError, core, finetune, learn, segment_concepts
+from persam.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from persam.models.build import build_model
 from persam.personalize import core
 from persam.pipelines.video import VideoTracker, _Object
+from persam.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

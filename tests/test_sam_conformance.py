@@ -44,7 +44,7 @@ def encoded(tiny_sam, vectors):
     torch.set_num_threads(1)
     out = {}
     for rec in vectors["images"]:
-        bb = SamBackbone(tiny_sam, "tiny", "fixture")
+        bb = SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture")
         bb.set_image(rec["image"].numpy())
         out[rec["name"]] = bb
     return out
@@ -79,7 +79,7 @@ def _calls(vectors):
 
 # ------------------------------------------------------------------ geometry
 def test_resized_image_is_bit_exact(tiny_sam, vectors):
-    bb = SamBackbone(tiny_sam, "tiny", "fixture")
+    bb = SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture")
     for rec in vectors["images"]:
         resized = bb.transform.apply_image(rec["image"].numpy())
         assert resized.shape == tuple(rec["resized_shape"].tolist()), rec["name"]
@@ -89,7 +89,7 @@ def test_resized_image_is_bit_exact(tiny_sam, vectors):
 
 
 def test_preprocessed_input(tiny_sam, vectors):
-    bb = SamBackbone(tiny_sam, "tiny", "fixture")
+    bb = SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture")
     for rec in vectors["images"]:
         x = bb.preprocess_image(rec["image"].numpy())[0]
         assert x.shape == (3, 1024, 1024) and x.dtype == torch.float32
@@ -143,7 +143,8 @@ def test_decoder_and_postprocess(encoded, vectors):
         rec = vectors["images"][i]
         call = rec["calls"][j]
         bb = encoded[rec["name"]]
-        out = bb.decode(*_prompts(call, rec), multimask_output=call["multimask_output"])
+        pc, pl, box, mask_input = _prompts(call, rec)
+        out = bb.decode(pc, pl, boxes=box, mask_input=mask_input, multimask_output=call["multimask_output"])
         c = 3 if call["multimask_output"] else 1
         assert out.low_res_logits.shape == (1, c, 256, 256) and out.iou_predictions.shape == (1, c)
         what = f"{rec['name']} {call['prompt_set']} multimask={call['multimask_output']}"
@@ -199,7 +200,7 @@ def test_batched_decode_of_fixture_prompts(encoded, vectors):
     pc = call["point_coords"][None].repeat(3, 1, 1)
     pc[1, 1] = torch.tensor([5.0, 7.0])  # a different negative point in the middle set
     pl = call["point_labels"][None].repeat(3, 1)
-    out = bb.decode(pc, pl, None, None, True)
+    out = bb.decode(pc, pl, multimask_output=True)
     for b in (0, 2):
         torch.testing.assert_close(out.iou_predictions[b], call["iou_predictions"], atol=1e-5, rtol=0)
         grid = _grid(out.low_res_logits[b], vectors["lr_rows"], vectors["lr_cols"])
@@ -234,7 +235,7 @@ def test_persam_step1_hooks(tiny_sam, persam_records):
     """PerSAM's first-step call (attn_sim + target_embedding, single mask) on cat/01."""
     rec, inputs = persam_records
     test = rec["concepts"]["cat"]["tests"]["01"]
-    bb = SamBackbone(tiny_sam, "tiny", "fixture")
+    bb = SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture")
     bb.set_image(inputs["concepts"]["cat"]["images"]["01"].numpy())
     out = bb.decode(
         test["topk_xy"][None].float(),
@@ -265,7 +266,7 @@ def test_reference_mask_grid(tiny_sam, persam_records):
     """The reference-mask path: PIL resize of the uint8 mask, normalisation, zero padding and
     64x64 down-sampling equals grid((mask - mean_R) / std_R) with the padding at mean_R."""
     rec, inputs = persam_records
-    bb = SamBackbone(tiny_sam, "tiny", "fixture")
+    bb = SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture")
     mean_r, std_r = float(tiny_sam.pixel_mean[0]), float(tiny_sam.pixel_std[0])
     for name, concept in rec["concepts"].items():
         ref_mask = inputs["concepts"][name]["ref_mask"].numpy()

@@ -17,12 +17,11 @@ from conftest import fixture_dir, gradient_scene
 from persam.backbones.sam import SamBackbone
 from persam.io import InputError
 from persam.models import image_encoder
-from persam.models.build import build_model, build_module, list_models
-from persam.models.configs import tiny_mobile_sam_config, tiny_sam_config
 from persam.models.image_encoder import Attention as EncoderAttention
 from persam.models.image_encoder import get_rel_pos
 from persam.models.sam import Sam, mobile_sam_vit_t, sam_from_config, sam_vit_b, sam_vit_h, sam_vit_l
 from persam.models.transformer import Attention as DecoderAttention
+from persam.registry import build_model, build_module, list_models, tiny_mobile_sam_config, tiny_sam_config
 
 
 def _randomise(model: Sam, seed: int = 0) -> Sam:
@@ -48,7 +47,7 @@ def small_model() -> Sam:
 
 @pytest.fixture(scope="module")
 def backbone(small_model) -> SamBackbone:
-    bb = SamBackbone(small_model, "small_sam", "random")
+    bb = SamBackbone(small_model, name="small_sam", checkpoint_id="random")
     torch.set_num_threads(1)
     bb.set_image(gradient_scene(300, 500))
     return bb
@@ -163,7 +162,7 @@ def test_set_image_shapes_non_square(backbone):
 
 
 def test_portrait_image_input_size(small_model):
-    bb = SamBackbone(small_model, "small_sam", "random")
+    bb = SamBackbone(small_model, name="small_sam", checkpoint_id="random")
     bb.set_image(gradient_scene(517, 333, seed=1))
     assert bb.input_size == (1024, 660)
     assert torch.isfinite(bb.features).all()
@@ -258,9 +257,9 @@ def test_predict_returns_numpy_and_consistent_masks(backbone):
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_autocast_encoder_close_to_float32(small_model, dtype):
     image = gradient_scene(240, 320, seed=3)
-    ref = SamBackbone(small_model, "small_sam", "random")
+    ref = SamBackbone(small_model, name="small_sam", checkpoint_id="random")
     ref.set_image(image)
-    low = SamBackbone(small_model, "small_sam", "random", dtype=dtype)
+    low = SamBackbone(small_model, name="small_sam", checkpoint_id="random", dtype=dtype)
     low.set_image(image)
     assert low.features.dtype == torch.float32 and torch.isfinite(low.features).all()
     cos = F.cosine_similarity(low.features.flatten(), ref.features.flatten(), dim=0)
@@ -304,7 +303,7 @@ def test_postprocess_of_constant_map_is_constant(backbone):
 
 # ------------------------------------------------------------------ errors
 def test_errors_are_clear(small_model, backbone):
-    fresh = SamBackbone(small_model, "small_sam", "random")
+    fresh = SamBackbone(small_model, name="small_sam", checkpoint_id="random")
     with pytest.raises(RuntimeError, match="set_image"):
         fresh.decode(torch.zeros(1, 1, 2), torch.ones(1, 1))
     with pytest.raises(InputError, match="uint8"):
@@ -318,7 +317,7 @@ def test_errors_are_clear(small_model, backbone):
     with pytest.raises(ValueError, match="mask_input"):
         backbone.decode(torch.zeros(1, 1, 2), torch.ones(1, 1), mask_input=torch.zeros(1, 1, 64, 64))
     with pytest.raises(ValueError, match="dtype"):
-        SamBackbone(small_model, "small_sam", "random", dtype=torch.float64)
+        SamBackbone(small_model, name="small_sam", checkpoint_id="random", dtype=torch.float64)
 
 
 # ------------------------------------------------------------------ registry

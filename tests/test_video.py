@@ -23,8 +23,8 @@ from torch import nn
 
 from persam.backbones.base import Backbone, DecoderOutput
 from persam.io import InputError
-from persam.models.build import build_model
 from persam.pipelines.video import FrameResult, VideoTracker, expand_box, track
+from persam.registry import build_model
 from persam.video_io import (
     DAVIS_PALETTE,
     Prefetcher,

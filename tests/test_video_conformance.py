@@ -53,7 +53,7 @@ def video() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from persam.models.build import build_model
+    from persam.registry import build_model
 
     sam = fixture_dir("sam")
     torch.set_num_threads(1)

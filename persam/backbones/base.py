@@ -98,7 +98,9 @@ class Backbone(ABC):
     _features: torch.Tensor | None = None
     _original_size: tuple[int, int] | None = None
 
-    def __init__(self, module: nn.Module, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, module: nn.Module, *, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32
+    ) -> None:
         if dtype not in (torch.float32, *AUTOCAST_DTYPES):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
         self.model = module.eval()
@@ -187,6 +189,7 @@ class Backbone(ABC):
         self,
         point_coords: torch.Tensor | None,
         point_labels: torch.Tensor | None,
+        *,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
@@ -249,7 +252,15 @@ class Backbone(ABC):
             bx = torch.as_tensor(np.asarray(box), dtype=torch.float32, device=dev).reshape(1, 4)
         if mask_input is not None:
             mi = torch.as_tensor(mask_input, dtype=torch.float32, device=dev).reshape(1, 1, 256, 256)
-        out = self.decode(pc, pl, bx, mi, multimask_output, attn_sim, target_embedding)
+        out = self.decode(
+            pc,
+            pl,
+            boxes=bx,
+            mask_input=mi,
+            multimask_output=multimask_output,
+            attn_sim=attn_sim,
+            target_embedding=target_embedding,
+        )
         high = self.postprocess(out.low_res_logits)[0]
         return (
             self.binarize(high).cpu().numpy(),

@@ -103,6 +103,7 @@ class EfficientSamBackbone(Backbone):
         self,
         point_coords: torch.Tensor | None,
         point_labels: torch.Tensor | None,
+        *,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,

@@ -22,9 +22,9 @@ class SamBackbone(Backbone):
     arguments are those of :class:`~persam.backbones.base.Backbone`."""
 
     def __init__(
-        self, module: Sam, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32
+        self, module: Sam, *, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32
     ) -> None:
-        super().__init__(module, name, checkpoint_id, dtype)
+        super().__init__(module, name=name, checkpoint_id=checkpoint_id, dtype=dtype)
         self.transform = ResizeLongestSide(self.model.img_size)
         self._input_size: tuple[int, int] | None = None
 
@@ -121,6 +121,7 @@ class SamBackbone(Backbone):
         self,
         point_coords: torch.Tensor | None,
         point_labels: torch.Tensor | None,
+        *,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,

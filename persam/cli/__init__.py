@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``persam --help`` lists them.
-_COMMANDS = ("segment", "learn", "track", "eval", "weights", "info", "demo")
+_COMMANDS = ("segment", "learn", "track", "eval", "weights", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(f"persam.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"persam.cli.{name}":
-                continue  # sub-command not shipped in this build
-            raise
-        module.register(sub)
+        importlib.import_module(f"persam.cli.{name}").register(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from persam.cli.options import fail, one_line
+from persam.cli.options import fail, one_line, positive_int
 
 _PROG = "persam eval"
 
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sequences", nargs="+", default=None, metavar="SEQ", help="evaluate only these sequences"
     )
     p.add_argument(
-        "--workers", type=_positive_int, default=None, metavar="N", help="processes (default: all CPUs)"
+        "--workers", type=positive_int, default=None, metavar="N", help="processes (default: all CPUs)"
     )
     p.add_argument(
         "--output-dir",
@@ -84,16 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
 
 
 def _report_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Mapping
 from types import ModuleType
 
 
@@ -60,21 +59,22 @@ def _cuda_hint(torch: ModuleType) -> str:
 
 def _models_line() -> str:
     try:
-        from persam.models.build import list_models
+        from persam.registry import list_models
 
         models = list_models()
     except Exception as e:  # a diagnostic command reports problems rather than failing on them
         return f"unavailable ({type(e).__name__}: {e})"
-    names = list(models.keys() if isinstance(models, Mapping) else models)
-    return ", ".join(str(n) for n in names) if names else "(none registered)"
+    return ", ".join(models) if models else "(none registered)"
 
 
 def _weights_lines() -> list[str]:
     try:
-        from persam import weights
+        from persam import registry, weights
 
         folder = weights.checkpoints_dir()
-        rows = [(name, weights.cached_path(name)) for name in weights.checkpoint_names()]
+        # Registered models with official weights, by the name --model takes.
+        specs = [registry.get_spec(name) for name in registry.list_models()]
+        rows = [(spec.name, weights.cached_path(spec.checkpoint)) for spec in specs if spec.checkpoint]
     except Exception as e:
         return [f"weights  unavailable ({type(e).__name__}: {e})"]
     lines = [f"weights  {folder}"]

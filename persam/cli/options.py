@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from persam import methods
-from persam.errors import first_line
+from persam.devices import DEVICE_CHOICES, DTYPE_CHOICES
+from persam.errors import InputError, first_line
 
 if TYPE_CHECKING:
     from persam.backbones.base import Backbone
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = DEVICE_CHOICES
+DTYPES = DTYPE_CHOICES
 DEFAULT_MODEL = "sam_vit_h"
 
 # Exit codes: 0 success; 1 some images failed; 2 nothing done (bad arguments or input).
@@ -61,18 +62,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` / ``mps`` / ``cpu`` by availability; a requested accelerator must exist."""
-    import torch
+    """``--device``: ``auto`` -> ``cuda`` / ``mps`` / ``cpu`` by availability; a requested
+    accelerator must exist (:func:`persam.devices.resolve_device`), else a :class:`CommandError`."""
+    from persam.devices import resolve_device as resolve
 
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if device == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if device == "cuda" and not cuda:
-        raise CommandError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if device == "mps" and not mps:
-        raise CommandError("--device mps: Apple MPS is not available (use --device cpu or auto)")
-    return device
+    try:
+        return str(resolve(device, option="--device"))
+    except InputError as e:
+        raise CommandError(one_line(e)) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` of a count: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
 
 
 def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
@@ -82,8 +90,7 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
     that two runs (e.g. ``persam learn`` then ``persam segment --concept``) use the same model; it
     warns on stderr, as such a model is useless for real images.
     """
-    from persam.io import InputError
-    from persam.models.build import build_model
+    from persam.registry import build_model
     from persam.weights import WeightsError
 
     device = resolve_device(args.device)
@@ -222,7 +229,7 @@ class References:
 def read_references(args: argparse.Namespace) -> References:
     """Reads ``--ref`` / ``--ref-mask`` / ``--ref-points`` / ``--ref-box``; bad input is a
     :class:`CommandError` naming the file or option."""
-    from persam.io import InputError, as_image, load_reference
+    from persam.io import as_image, load_reference
 
     refs, masks = list(args.ref), list(args.ref_mask)
     ref_points, rest = split_points(args.ref_points)
@@ -274,7 +281,6 @@ def learn_concept(
     model: Backbone, refs: References, method: str, name: str | None = None, progress: bool = False
 ):
     """Learns a :class:`~persam.personalize.Concept` (a mask is first made from prompts, if given)."""
-    from persam.io import InputError
     from persam.personalize import learn, mask_from_prompts
 
     try:

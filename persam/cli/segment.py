@@ -23,6 +23,7 @@ from persam.cli.options import (
     learn_concept,
     load_model,
     one_line,
+    positive_int,
     read_references,
     split_points,
 )
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-instances",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="find up to N objects per image (default 1)",
@@ -77,16 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
-    return v
 
 
 def default_concept_name(args: argparse.Namespace) -> str:

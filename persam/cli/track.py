@@ -16,7 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from persam.cli.options import CommandError, add_model_arguments, fail, load_model, normalize_method, one_line
+from persam.cli.options import (
+    CommandError,
+    add_model_arguments,
+    fail,
+    load_model,
+    normalize_method,
+    one_line,
+    positive_int,
+)
 
 _PROG = "persam track"
 OVERLAY_SUFFIXES = (".mp4", ".avi")
@@ -56,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--start", type=_non_negative_int, default=0, metavar="N", help="index of the masked frame"
     )
-    parser.add_argument("--stride", type=_positive_int, default=1, metavar="K", help="track every K-th frame")
+    parser.add_argument("--stride", type=positive_int, default=1, metavar="K", help="track every K-th frame")
     parser.add_argument(
         "--compat",
         choices=("fixed", "official"),
@@ -65,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mask-area comparison and positional box assignment (default fixed)",
     )
     parser.add_argument(
-        "--topk", type=_positive_int, default=2, metavar="K", help="similarity points (default 2)"
+        "--topk", type=positive_int, default=2, metavar="K", help="similarity points (default 2)"
     )
     parser.add_argument(
         "--box-margin",
@@ -87,10 +95,6 @@ def _int_at_least(text: str, low: int) -> int:
     if v < low:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {low}")
     return v
-
-
-def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
 
 
 def _non_negative_int(text: str) -> int:

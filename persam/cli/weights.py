@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from persam import registry
 from persam import weights as w
 from persam.cli.options import EXIT_PARTIAL, fail
 
@@ -59,13 +60,39 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _official_checkpoints() -> list[tuple[str, w.CheckpointInfo]]:
+    """``(name, catalogue entry)``: each registered model with official weights under its model
+    name, then any catalogue entry no model points at under its own name."""
+    rows = []
+    for name in registry.list_models():
+        entry = registry.get_spec(name).checkpoint
+        if entry is not None:
+            rows.append((name, w.get_info(entry)))
+    used = {info.name for _, info in rows}
+    rows += [(info.name, info) for info in w.CHECKPOINTS.values() if info.name not in used]
+    return rows
+
+
+def _checkpoint_info(name: str) -> w.CheckpointInfo:
+    """The catalogue entry of a model name (see 'persam weights list') or of an entry name.
+
+    Raises:
+        WeightsError: neither, listing the known names.
+    """
+    if registry.is_registered(name):
+        entry = registry.get_spec(name).checkpoint
+        if entry is not None:
+            return w.get_info(entry)
+    return w.get_info(name)
+
+
 def _list(args: argparse.Namespace) -> int:
     rows = [("NAME", "MODEL", "SIZE", "CACHED", "PATH")]
-    for info in w.CHECKPOINTS.values():
+    for name, info in _official_checkpoints():
         cached = w.cached_path(info)
         rows.append(
             (
-                info.name,
+                name,
                 info.model,
                 w.format_size(info.size),
                 "yes" if cached else "no",
@@ -80,7 +107,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     try:
-        info = w.get_info(args.name)
+        info = _checkpoint_info(args.name)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", w.UnverifiedCheckpointWarning)
             path = w.download(info, args.dir, url=args.url, progress=not args.quiet)
@@ -104,9 +131,13 @@ def _verify_line(result: w.VerifyResult) -> str:
 def _verify(args: argparse.Namespace) -> int:
     try:
         if args.target is not None:
-            results = [w.verify(args.target)]
+            target = args.target
+            if registry.is_registered(target) and registry.get_spec(target).checkpoint is not None:
+                target = _checkpoint_info(target)
+            results = [w.verify(target)]
         else:
-            cached = [p for p in map(w.cached_path, w.CHECKPOINTS.values()) if p is not None]
+            infos = [info for _, info in _official_checkpoints()]
+            cached = [p for p in map(w.cached_path, infos) if p is not None]
             if not cached:
                 print(f"no checkpoints cached in {w.checkpoints_dir()}")
                 return 0
@@ -128,7 +159,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _path(args: argparse.Namespace) -> int:
     try:
-        info = w.get_info(args.name)
+        info = _checkpoint_info(args.name)
     except w.WeightsError as e:
         return fail(_PROG, str(e))
     path = w.cached_path(info)

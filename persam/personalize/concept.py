@@ -655,7 +655,7 @@ def mask_from_prompts(
     pc = None if pts is None else torch.as_tensor(pts, dtype=torch.float32, device=dev)[None]
     pl = None if lab is None else torch.as_tensor(lab, dtype=torch.int64, device=dev)[None]
     boxes = None if bx is None else torch.as_tensor(bx, dtype=torch.float32, device=dev).reshape(1, 4)
-    out = model.decode(pc, pl, boxes, None, multimask_output=True)
+    out = model.decode(pc, pl, boxes=boxes, multimask_output=True)
     best = int(out.iou_predictions[0].argmax())
     # Only the chosen mask is brought to the original size.
     logits = model.postprocess(out.low_res_logits[:, best : best + 1])[0, 0]

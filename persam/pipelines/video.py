@@ -359,7 +359,7 @@ class VideoTracker:
             boxes = torch.as_tensor(np.stack([p.box for p in prompts]), dtype=torch.float32, device=dev)
 
         # Call 1: points + box, 3 masks -> the mask input of call 2.
-        out1 = self.model.decode(points, labels, boxes, None, multimask_output=True)
+        out1 = self.model.decode(points, labels, boxes=boxes, multimask_output=True)
         low1 = out1.low_res_logits
         if self.method == "persam_f":
             weights = torch.stack([self.objects[p.slot].weights.reshape(3) for p in prompts]).to(low1)

@@ -1,9 +1,9 @@
 """Small random models for tests, demos and benchmarks — NOT for real use.
 
-Each function returns a fresh config dict in the format :func:`persam.models.build.build_model`
-reads (SAM sections, or EfficientSAM settings). With ``checkpoint="none"`` the weights are random
-(seeded), so the masks mean nothing; the models keep the real 1024-pixel geometry and every code
-path of their family, at a fraction of the cost:
+Each function returns a fresh config dict in the format :func:`persam.registry.build_model` reads
+(its ``"family"``, then SAM sections or EfficientSAM settings). With ``checkpoint="none"`` the
+weights are random (seeded), so the masks mean nothing; the models keep the real 1024-pixel
+geometry and every code path of their family, at a fraction of the cost:
 
 ==========================  ======================================================  =============
 name                        family                                                  embedding
@@ -13,9 +13,9 @@ name                        family                                              
 ``tiny_random_efficient_sam``  EfficientSAM (plain ViT, its own prompt encoder/decoder)  16 x 64 x 64
 ==========================  ======================================================  =============
 
-The names are also accepted by ``build_model`` and every ``--model`` option
-(``persam segment --model tiny_random_sam --checkpoint none ...``), but are not listed by
-:func:`persam.models.build.list_models`.
+The models are registered (test-only) in :mod:`persam.registry.zoo`: their names are accepted by
+``build_model`` and every ``--model`` option (``persam segment --model tiny_random_sam --checkpoint
+none ...``), but are not listed by :func:`persam.registry.list_models`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 _TINY_SAM: dict[str, Any] = {
     "name": "tiny_random_sam",
+    "family": "sam",
     "image_encoder": {
         "class": "ImageEncoderViT",
         "embed_dim": 32,
@@ -55,6 +56,7 @@ _TINY_SAM: dict[str, Any] = {
 # TinyViT's neck always gives 256 channels, so the decoder is 256 wide (one block keeps it cheap).
 _TINY_MOBILE_SAM: dict[str, Any] = {
     "name": "tiny_random_mobile_sam",
+    "family": "sam",
     "image_encoder": {
         "class": "TinyViT",
         "embed_dims": [8, 16, 16, 24],
@@ -80,6 +82,7 @@ _TINY_MOBILE_SAM: dict[str, Any] = {
 
 _TINY_EFFICIENT_SAM: dict[str, Any] = {
     "name": "tiny_random_efficient_sam",
+    "family": "efficient_sam",
     "config": {
         "encoder_patch_embed_dim": 24,
         "encoder_depth": 1,
@@ -92,37 +95,17 @@ _TINY_EFFICIENT_SAM: dict[str, Any] = {
     },
 }
 
-_CONFIGS = {
-    "tiny_random_sam": _TINY_SAM,
-    "tiny_random_mobile_sam": _TINY_MOBILE_SAM,
-    "tiny_random_efficient_sam": _TINY_EFFICIENT_SAM,
-}
-
-
-def random_model_names() -> list[str]:
-    """Names of the small random models."""
-    return sorted(_CONFIGS)
-
-
-def random_model_config(name: str) -> dict[str, Any]:
-    """A fresh copy of the config of the small random model ``name``."""
-    try:
-        return copy.deepcopy(_CONFIGS[name])
-    except KeyError:
-        names = ", ".join(random_model_names())
-        raise ValueError(f"unknown random test model {name!r}: expected one of {names}") from None
-
 
 def tiny_sam_config() -> dict[str, Any]:
-    """Config of ``tiny_random_sam`` (SAM family)."""
-    return random_model_config("tiny_random_sam")
+    """Config of ``tiny_random_sam`` (SAM family), a fresh copy."""
+    return copy.deepcopy(_TINY_SAM)
 
 
 def tiny_mobile_sam_config() -> dict[str, Any]:
-    """Config of ``tiny_random_mobile_sam`` (MobileSAM family)."""
-    return random_model_config("tiny_random_mobile_sam")
+    """Config of ``tiny_random_mobile_sam`` (MobileSAM: SAM family, TinyViT encoder), a fresh copy."""
+    return copy.deepcopy(_TINY_MOBILE_SAM)
 
 
 def tiny_efficient_sam_config() -> dict[str, Any]:
-    """Config of ``tiny_random_efficient_sam`` (EfficientSAM family)."""
-    return random_model_config("tiny_random_efficient_sam")
+    """Config of ``tiny_random_efficient_sam`` (EfficientSAM family), a fresh copy."""
+    return copy.deepcopy(_TINY_EFFICIENT_SAM)
