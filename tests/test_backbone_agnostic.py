@@ -1,6 +1,6 @@
 """Every PerSAM feature runs unchanged on each backbone family: SAM, MobileSAM and EfficientSAM.
 
-Small random models (persam.models.configs): the masks mean nothing, so these tests check the
+Small random models (persam.registry.configs): the masks mean nothing, so these tests check the
 contract — shapes, types, determinism, batching equivalences, save/load — on every family.
 """
 
