@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 ModelArg = str | Path | Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelChoice:
     """A checked model argument: how to build the module, and what to call it.
 

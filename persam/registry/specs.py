@@ -36,7 +36,7 @@ def resolve_target(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelFamily:
     """One module type and the backbone that drives it.
 
@@ -62,7 +62,7 @@ class ModelFamily:
         return resolve_target(self.from_config)({k: v for k, v in cfg.items() if k != "family"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """One registered model.
 
