@@ -162,8 +162,8 @@ class Fuser(nn.Module):
 class MemoryEncoder(nn.Module):
     """Encodes (frame features, mask) into a ``out_dim``-channel memory and its position encoding.
 
-    ``position_encoding`` is the official ``PositionEmbeddingSine`` settings dict (``num_pos_feats``,
-    ``temperature``, ``normalize``, ``scale``); it has no weights.
+    ``position_encoding`` is a sine PE module or the official ``PositionEmbeddingSine`` settings dict
+    (``num_pos_feats``, ``temperature``, ``normalize``, ``scale``); it has no weights.
     """
 
     def __init__(
@@ -172,7 +172,7 @@ class MemoryEncoder(nn.Module):
         out_dim: int,
         mask_downsampler: MaskDownSampler | dict[str, Any],
         fuser: Fuser | dict[str, Any],
-        position_encoding: dict[str, Any],
+        position_encoding: nn.Module | dict[str, Any],
         in_dim: int = 256,
     ) -> None:
         super().__init__()
@@ -186,8 +186,9 @@ class MemoryEncoder(nn.Module):
         self.out_proj: nn.Module = (
             nn.Conv2d(in_dim, out_dim, kernel_size=1) if out_dim != in_dim else nn.Identity()
         )
-        pe = _settings(position_encoding)
-        # Only the settings that change the encoding; cache warm-up options are irrelevant here.
+        # Either a PE module (called on the output) or its settings dict; it has no weights.
+        self.pe_module = position_encoding if isinstance(position_encoding, nn.Module) else None
+        pe = {} if self.pe_module is not None else _settings(position_encoding)
         self.pe_settings = {
             "num_pos_feats": int(pe.get("num_pos_feats", out_dim)),
             "temperature": pe.get("temperature", 10000),
@@ -221,5 +222,13 @@ class MemoryEncoder(nn.Module):
         x = self.pix_feat_proj(pix_feat.to(masks.device)) + masks
         x = self.out_proj(self.fuser(x))
         b, _, h, w = x.shape
-        pos = sine_position_encoding(b, h, w, device=x.device, **self.pe_settings).to(x.dtype)
-        return x, pos
+        return x, self.position_encoding(h, w, batch=b, device=x.device).to(x.dtype)
+
+    def position_encoding(
+        self, h: int, w: int, *, batch: int = 1, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """``[batch, out_dim, h, w]`` float32 sine encoding of an ``h x w`` memory (it depends on
+        the size only, so a tracker can compute it once)."""
+        if self.pe_module is not None:
+            return self.pe_module(torch.empty(batch, 0, h, w, device=device))
+        return sine_position_encoding(batch, h, w, device=device, **self.pe_settings)
