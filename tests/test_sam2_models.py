@@ -85,6 +85,24 @@ def test_official_config_names():
         official_config("sam2.1_hiera_xl")
 
 
+def test_builder_postprocessing_and_config_forms():
+    cfg = tiny_sam2_config()
+    decoder = sam2_from_config(cfg).sam_mask_decoder
+    assert decoder.dynamic_multimask_via_stability  # added by the official builders
+    assert (decoder.dynamic_multimask_stability_delta, decoder.dynamic_multimask_stability_thresh) == (
+        0.05,
+        0.98,
+    )
+    assert not sam2_from_config(
+        cfg, apply_postprocessing=False
+    ).sam_mask_decoder.dynamic_multimask_via_stability
+    node = dict(cfg["model"], _target_="sam2.sam2_video_predictor.SAM2VideoPredictor")
+    node["sam_mask_decoder_extra_args"] = {"dynamic_multimask_stability_thresh": 0.5}
+    model = sam2_from_config(node)  # the model node itself, as the video builder's target
+    assert model.sam_mask_decoder.dynamic_multimask_stability_thresh == 0.5
+    assert model.sam_mask_decoder.dynamic_multimask_via_stability
+
+
 def test_config_errors_are_value_errors():
     cfg = official_config("sam2.1_hiera_t")
     cfg["model"]["image_encoder"]["trunk"]["_target_"] = "somewhere.Swin"
