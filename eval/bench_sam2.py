@@ -57,22 +57,15 @@ def _timed(fn, device: str, warmup: int, repeats: int) -> float:
 def _reference(model, image, device: str, warmup: int, repeats: int, ours) -> dict:
     """The official predictor with our weights: set_image time and max |embedding difference|."""
     try:
-        from hydra import compose, initialize_config_module
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
+        from sam2.build_sam import build_sam2
         from sam2.sam2_image_predictor import SAM2ImagePredictor
     except Exception as e:  # not installed, or hydra / torchvision missing
         return {"reference": f"skipped ({type(e).__name__}: {e})".splitlines()[0]}
-
-    # Built from the package's own config; the weights are ours (same keys).
-    name = {"sam2.1": "configs/sam2.1/", "sam2_": "configs/sam2/"}
-    cfg_file = next(v for k, v in name.items() if model.startswith(k)) + model + ".yaml"
-    with initialize_config_module("sam2", version_base="1.2"):
-        cfg = compose(config_name=cfg_file)
-    OmegaConf.resolve(cfg)
-    official = instantiate(cfg.model, _recursive_=True)
+    # Built from the package's own config (with its builder's defaults); the weights are ours.
+    folder = "sam2.1" if model.startswith("sam2.1") else "sam2"
+    official = build_sam2(f"configs/{folder}/{model}.yaml", ckpt_path=None, device=device)
     official.load_state_dict(ours.model.state_dict(), strict=True)
-    official = official.to(device).eval()
+    official.eval()
     predictor = SAM2ImagePredictor(official)
     ms = _timed(lambda: predictor.set_image(image), device, warmup, repeats)
     diff = (predictor._features["image_embed"].float() - ours.features).abs().max().item()
