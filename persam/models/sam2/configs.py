@@ -178,8 +178,6 @@ def official_config(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown SAM 2 config {name!r} (expected one of {sorted(OFFICIAL_CONFIGS)})")
     version, size = OFFICIAL_CONFIGS[key]
     trunk = {**_TRUNKS[size], **({} if size == "b+" else _SMALL_BKG)}
-    if size == "l":  # the official yaml lists window_spec after the background size
-        trunk["window_spec"] = trunk.pop("window_spec")
     return _model_tree(
         trunk=trunk, d_model=256, mem_dim=64, ffn_dim=2048, memory_layers=4, fuser_layers=2, version=version
     )
