@@ -41,10 +41,13 @@ class DecoderOutput:
     Attributes:
         low_res_logits: ``[B, C, 256, 256]`` float32 mask logits on the backbone's low-res frame.
         iou_predictions: ``[B, C]`` float32 predicted mask quality.
+        object_score_logits: ``[B]`` float32 "object present" logits (> 0: present) for backbones
+            that predict them (SAM 2), else None.
     """
 
     low_res_logits: torch.Tensor
     iou_predictions: torch.Tensor
+    object_score_logits: torch.Tensor | None = None
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
