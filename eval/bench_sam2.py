@@ -86,7 +86,7 @@ def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threa
     baseline = _rss_peak_mib()
     cfg = tiny_sam2_config() if model == "tiny" else official_config(model)
     module = sam2_from_config(cfg).to(device)
-    backbone = Sam2Backbone(module, model, "random", dtype=getattr(torch, dtype))
+    backbone = Sam2Backbone(module, name=model, checkpoint_id="random", dtype=getattr(torch, dtype))
     params = sum(p.numel() for p in module.image_encoder.parameters())
     image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     if device.startswith("cuda"):

@@ -22,6 +22,7 @@ from persam.cli import main
 from persam.errors import InputError
 from persam.models.efficient_sam import EfficientSam
 from persam.models.sam import Sam
+from persam.models.sam2 import Sam2
 from persam.registry import specs
 
 ALL_MODELS = registry.list_models(include_test_only=True)
@@ -67,7 +68,7 @@ def test_every_registered_model_builds(name: str) -> None:
 
 
 def test_sizes_match_their_families() -> None:
-    expected = {"sam": Sam, "efficient_sam": EfficientSam}
+    expected = {"sam": Sam, "efficient_sam": EfficientSam, "sam2": Sam2}
     for name in ALL_MODELS:
         spec = registry.get_spec(name)
         with torch.device("meta"):

@@ -85,7 +85,7 @@ def runs(tiny_sam2):
     out = {}
     for name in IMAGES:
         expected = load_fixture("sam2", f"expected/image_{name}.pt")
-        bb = Sam2Backbone(tiny_sam2, "tiny_sam2", "fixture")
+        bb = Sam2Backbone(tiny_sam2, name="tiny_sam2", checkpoint_id="fixture")
         bb.set_image(_image(name))
         calls = [_decode(bb, call, expected) for call in expected["calls"]]
         plain = {}
@@ -133,7 +133,7 @@ def test_input_image_is_the_recorded_one(name):
 @pytest.mark.parametrize("name", IMAGES)
 def test_preprocessing_matches_official(tiny_sam2, name):
     expected = load_fixture("sam2", f"expected/image_{name}.pt")
-    x = Sam2Backbone(tiny_sam2, "tiny_sam2", "fixture").preprocess_image(_image(name))[0]
+    x = Sam2Backbone(tiny_sam2, name="tiny_sam2", checkpoint_id="fixture").preprocess_image(_image(name))[0]
     assert list(x.shape) == expected["preprocessed_shape"]
     torch.testing.assert_close(
         _grid(x, expected["pre_rows"]), expected["preprocessed_grid"], atol=ATOL_PRE, rtol=0
@@ -148,7 +148,7 @@ def test_preprocessing_downscale_uses_antialiasing(tiny_sam2):
         [((x // 3 + y // 3) % 2) * 180 + x % 61, (x * x + 3 * y * y) % 241, (3 * x + 5 * y) % 256], axis=-1
     ).astype(np.uint8)
     assert hashlib.sha256(rgb.tobytes()).hexdigest() == expected["rgb_sha256"]
-    t = Sam2Backbone(tiny_sam2, "tiny_sam2", "fixture").preprocess_image(rgb)[0]
+    t = Sam2Backbone(tiny_sam2, name="tiny_sam2", checkpoint_id="fixture").preprocess_image(rgb)[0]
     torch.testing.assert_close(
         _grid(t, expected["pre_rows"]), expected["preprocessed_grid"], atol=ATOL_PRE, rtol=0
     )

@@ -10,7 +10,6 @@ import torch
 
 import persam
 from persam.backbones.sam2 import Sam2Backbone
-from persam.models.sam2 import sam2_from_config, tiny_sam2_config
 from persam.personalize import Concept
 from persam.personalize.finetune import initial_mask_param, mask_weights_from_param
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def model() -> Sam2Backbone:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    return Sam2Backbone(sam2_from_config(tiny_sam2_config()), "tiny_random_sam2", "random:tiny_random_sam2:0")
+    return persam.build_model("tiny_random_sam2", checkpoint=None)
 
 
 def _scene(shift: int = 0, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:

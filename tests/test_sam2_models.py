@@ -245,7 +245,7 @@ def test_dynamic_fallback_only_for_single_mask_calls_in_eval_mode():
 def backbone() -> Sam2Backbone:
     torch.manual_seed(0)
     model = sam2_from_config(tiny_sam2_config())
-    bb = Sam2Backbone(model, "tiny_random_sam2", "random")
+    bb = Sam2Backbone(model, name="tiny_random_sam2", checkpoint_id="random")
     torch.set_num_threads(1)
     bb.set_image(gradient_scene(300, 500))
     return bb
@@ -321,13 +321,13 @@ def test_invalid_prompts_raise(backbone):
 
 
 def test_decode_needs_an_image():
-    bb = Sam2Backbone(sam2_from_config(tiny_sam2_config()), "tiny_random_sam2", "random")
+    bb = Sam2Backbone(sam2_from_config(tiny_sam2_config()), name="tiny_random_sam2", checkpoint_id="random")
     with pytest.raises(RuntimeError, match="no image set"):
         bb.decode(torch.zeros(1, 1, 2), torch.ones(1, 1))
 
 
 def test_bfloat16_encoder_keeps_float32_features(backbone):
-    bb = Sam2Backbone(backbone.model, "tiny_random_sam2", "random", dtype=torch.bfloat16)
+    bb = Sam2Backbone(backbone.model, name="tiny_random_sam2", checkpoint_id="random", dtype=torch.bfloat16)
     bb.set_image(gradient_scene(300, 500))
     assert bb.features.dtype == torch.float32 and all(f.dtype == torch.float32 for f in bb.high_res_features)
     rel = (bb.features - backbone.features).norm() / backbone.features.norm()

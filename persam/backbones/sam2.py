@@ -76,9 +76,9 @@ class Sam2Backbone(Backbone):
     _image_pe: torch.Tensor | None = None
 
     def __init__(
-        self, module: Sam2, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32
+        self, module: Sam2, *, name: str, checkpoint_id: str, dtype: torch.dtype = torch.float32
     ) -> None:
-        super().__init__(module, name, checkpoint_id, dtype)
+        super().__init__(module, name=name, checkpoint_id=checkpoint_id, dtype=dtype)
 
     # ------------------------------------------------------------------ image
     @property

@@ -14,6 +14,30 @@ from persam.registry.specs import ModelFamily, ModelSpec, register, register_fam
 
 _SAM_BACKBONE = "persam.backbones.sam:SamBackbone"
 _EFFICIENT_SAM_BACKBONE = "persam.backbones.efficient_sam:EfficientSamBackbone"
+_SAM2_BACKBONE = "persam.backbones.sam2:Sam2Backbone"
+
+
+def _sam2_model_node(cfg: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The official ``model`` node of a SAM 2 config tree: ``{"model": {...}}`` as the official
+    YAML files have it, or that tree under ``"config"`` (as recordings of the official code store it)."""
+    for tree in (cfg, cfg.get("config")):
+        node = tree.get("model") if isinstance(tree, Mapping) else None
+        if isinstance(node, Mapping) and "image_encoder" in node and "memory_attention" in node:
+            return node
+    return None
+
+
+def _looks_like_sam2(cfg: Mapping[str, Any]) -> bool:
+    """An official SAM 2 config tree (Hiera image encoder, memory attention / encoder)."""
+    return _sam2_model_node(cfg) is not None
+
+
+def sam2_from_any_config(cfg: Mapping[str, Any]) -> Any:
+    """A SAM 2 module from an official config tree, also when nested under ``"config"``."""
+    from persam.models.sam2 import sam2_from_config
+
+    node = _sam2_model_node(cfg)
+    return sam2_from_config({"model": dict(node)} if node is not None else dict(cfg))
 
 
 def _looks_like_efficient_sam(cfg: Mapping[str, Any]) -> bool:
@@ -27,8 +51,16 @@ def _looks_like_sam(cfg: Mapping[str, Any]) -> bool:
     return "image_encoder" in cfg and "mask_decoder" in cfg
 
 
-# Configs without a "family" key are recognised in this order (EfficientSAM's settings are the
-# more specific test).
+# Configs without a "family" key are recognised in this order (SAM 2's tree is the most specific
+# test, then EfficientSAM's settings).
+register_family(
+    ModelFamily(
+        name="sam2",
+        backbone=_SAM2_BACKBONE,
+        from_config="persam.registry.zoo:sam2_from_any_config",
+        recognise=_looks_like_sam2,
+    )
+)
 register_family(
     ModelFamily(
         name="efficient_sam",
@@ -76,6 +108,19 @@ for _size in ("t", "s"):
         )
     )
 
+# SAM 2.1 (2024-09) and SAM 2 (2024-07): Hiera tiny / small / base+ / large.
+for _version, _prefix in (("2.1", "sam2.1"), ("2", "sam2")):
+    for _size, _fn in (("t", "t"), ("s", "s"), ("b+", "b_plus"), ("l", "l")):
+        register(
+            ModelSpec(
+                name=f"{_prefix}_hiera_{_size}",
+                family="sam2",
+                backbone=_SAM2_BACKBONE,
+                builder=f"persam.models.sam2:{_prefix.replace('.', '_')}_hiera_{_fn}",
+                checkpoint=f"{_prefix}_hiera_{_size}",
+            )
+        )
+
 # Small random models for tests and demos (see persam.registry.configs).
 register(
     ModelSpec(
@@ -101,6 +146,15 @@ register(
         family="efficient_sam",
         backbone=_EFFICIENT_SAM_BACKBONE,
         config="persam.registry.configs:tiny_efficient_sam_config",
+        test_only=True,
+    )
+)
+register(
+    ModelSpec(
+        name="tiny_random_sam2",
+        family="sam2",
+        backbone=_SAM2_BACKBONE,
+        config="persam.models.sam2:tiny_sam2_config",
         test_only=True,
     )
 )

@@ -110,6 +110,27 @@ CHECKPOINTS: dict[str, CheckpointInfo] = {
     )
 }
 
+_SAM2_SIZES = (
+    ("t", "tiny", "Hiera-T"),
+    ("s", "small", "Hiera-S"),
+    ("b+", "base_plus", "Hiera-B+"),
+    ("l", "large", "Hiera-L"),
+)
+# SAM 2 files as the official download script names them. Meta publishes no sha256 or byte size
+# for them, so none is recorded: downloads are checked for being a loadable checkpoint instead.
+for _prefix, _release, _when in (("sam2.1", "092824", "2024-09"), ("sam2", "072824", "2024-07")):
+    for _size, _file, _arch in _SAM2_SIZES:
+        _info = CheckpointInfo(
+            name=f"{_prefix}_hiera_{_size}",
+            model=f"SAM {_prefix[3:]} {_arch}",
+            filename=f"{_prefix}_hiera_{_file}.pt",
+            url=f"https://dl.fbaipublicfiles.com/segment_anything_2/{_release}/{_prefix}_hiera_{_file}.pt",
+            sha256=None,
+            size=None,
+            description=f"Segment Anything {_prefix[3:]} ({_when}), {_arch} encoder, memory tracker",
+        )
+        CHECKPOINTS[_info.name] = _info
+
 
 def checkpoint_names() -> list[str]:
     """Registry names of the official checkpoints, in registry order."""

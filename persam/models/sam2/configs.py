@@ -205,4 +205,5 @@ def tiny_sam2_config() -> dict[str, Any]:
         explicit_memory_in_dim=True,
     )
     cfg["name"] = "tiny_random_sam2"
+    cfg["family"] = "sam2"
     return copy.deepcopy(cfg)
