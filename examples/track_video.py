@@ -14,7 +14,7 @@ from pathlib import Path
 
 import persam
 from persam.io import save_png
-from persam.video_io import DAVIS_PALETTE
+from persam.readers import DAVIS_PALETTE
 from persam.weights import WeightsError
 
 

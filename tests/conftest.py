@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data
 
 from persam.models.configs import tiny_sam_config
-from persam.video_io import DAVIS_PALETTE
+from persam.readers import DAVIS_PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Golden data beside the checkout; a user's clone has none, and those tests then skip.
