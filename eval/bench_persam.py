@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from persam.models.build import build_model
-from persam.personalize import learn
-from persam.personalize import segment_current_image
+from persam.personalize import learn, segment_current_image
 from persam.personalize.finetune import fit_mask_weights, naive_logits_fn, reference_training_logits
 
 ROOT = Path(__file__).resolve().parents[1]

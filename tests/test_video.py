@@ -28,7 +28,7 @@ from persam.personalize.boxes import expand_box
 from persam.pipelines.video import VideoTracker, track
 from persam.readers import DAVIS_PALETTE, Prefetcher, davis_sequence, load_first_mask, open_video
 from persam.tracking import FrameResult
-from persam.writers import LabelMapWriter as ResultWriter
+from persam.writers import LabelMapWriter
 
 H, W = 96, 128
 FPS = 10.0
@@ -445,11 +445,11 @@ def test_davis_sequence(tmp_path, scene):
         davis_sequence(tmp_path / "DAVIS", "missing")
 
 
-def test_result_writer_commits_atomically(tmp_path, scene):
+def test_label_map_writer_commits_atomically(tmp_path, scene):
     frames, labels = scene
     out = tmp_path / "out" / "seq"
     overlay = tmp_path / "vis" / "overlay.mp4"
-    with ResultWriter(out, palette=DAVIS_PALETTE, overlay=overlay, fps=12.0, metadata={"video": "x"}) as w:
+    with LabelMapWriter(out, palette=DAVIS_PALETTE, overlay=overlay, fps=12.0, metadata={"video": "x"}) as w:
         for i in range(4):
             w.write(f"{i:05d}", labels[i], frames[i], {"index": i})
             assert not (out / f"{i:05d}.png").exists() and not overlay.exists()  # staged until the end
@@ -469,7 +469,7 @@ def test_result_writer_commits_atomically(tmp_path, scene):
     assert sorted(p.name for p in overlay.parent.iterdir()) == ["overlay.mp4"]
 
 
-def test_result_writer_leaves_nothing_on_error(tmp_path, scene):
+def test_label_map_writer_leaves_nothing_on_error(tmp_path, scene):
     frames, labels = scene
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -477,7 +477,7 @@ def test_result_writer_leaves_nothing_on_error(tmp_path, scene):
     for out in (tmp_path / "new" / "deeper", existing):
         overlay = tmp_path / "ovl" / "o.mp4"
         with pytest.raises(RuntimeError, match="boom"):
-            with ResultWriter(out, overlay=overlay) as w:
+            with LabelMapWriter(out, overlay=overlay) as w:
                 w.write("00000", labels[0], frames[0], {})
                 raise RuntimeError("boom")
         assert not (tmp_path / "new").exists() and not (tmp_path / "ovl").exists()
