@@ -634,11 +634,11 @@ class DemoEngine:
             with self.lock:
                 result = concept.segment(image)
             mask = np.asarray(result.mask, bool)
-            pts = getattr(result, "points", None)
+            pts = result.points
             caption = f"{name} — score {float(result.score):.3f}"
             if not result.found:
                 caption += " (not found)"
-            gallery.append((render_overlay(image, mask, pts, getattr(result, "point_labels", None)), caption))
+            gallery.append((render_overlay(image, mask, pts, result.point_labels), caption))
             stem = Path(name).stem
             out_name, k = f"{stem}.png", 1
             while out_name in used:

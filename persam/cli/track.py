@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from persam.io import InputError, check_output_dir
-    from persam.pipelines.video import frame_size, track_to_folder
-    from persam.readers import load_first_mask, open_video
+    from persam.pipelines.video import track_to_folder
+    from persam.readers import frame_size, load_first_mask, open_video
 
     try:
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:

@@ -20,7 +20,15 @@ import torch
 from persam.backbones.base import Backbone
 from persam.errors import InputError
 from persam.personalize.boxes import expand_box
-from persam.readers import DAVIS_PALETTE, FirstMask, FrameSource, Prefetcher, load_first_mask, open_video
+from persam.readers import (
+    DAVIS_PALETTE,
+    FirstMask,
+    FrameSource,
+    Prefetcher,
+    frame_size,
+    load_first_mask,
+    open_video,
+)
 from persam.tracking import FrameResult, PerSAMTracker, Tracker, make_tracker
 from persam.writers import LabelMapWriter
 
@@ -29,7 +37,6 @@ __all__ = [
     "TrackSummary",
     "VideoTracker",
     "expand_box",
-    "frame_size",
     "track",
     "track_to_folder",
 ]
@@ -246,16 +253,3 @@ def track_to_folder(
         if source is not frames:
             source.close()
     return TrackSummary(n, list(first.object_ids), False, time.perf_counter() - t0)
-
-
-def frame_size(source: FrameSource, start: int) -> tuple[int, int]:
-    """``(H, W)`` of the video frames (decodes the first tracked frame if the source does not say)."""
-    if source.info.size is None:
-        frames = source.frames(start, 1)
-        try:
-            next(frames, None)
-        finally:
-            frames.close()
-    if source.info.size is None:
-        raise InputError(f"{source.info.source}: no frame at index {start}")
-    return source.info.size

@@ -10,6 +10,7 @@ from persam.readers.video import (
     FolderSource,
     FrameSource,
     VideoInfo,
+    frame_size,
     open_video,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "VideoInfo",
     "davis_palette",
     "davis_sequence",
+    "frame_size",
     "load_first_mask",
     "open_video",
 ]

@@ -247,3 +247,20 @@ def open_video(source: PathLike | Iterable[np.ndarray] | np.ndarray, prefer: str
     if src.info.num_frames == 0:
         raise InputError(f"{path}: video holds no frames")
     return src
+
+
+def frame_size(source: FrameSource, start: int) -> tuple[int, int]:
+    """``(H, W)`` of the frames of ``source`` (decodes frame ``start`` if the source does not say).
+
+    Raises:
+        InputError: there is no frame at ``start``.
+    """
+    if source.info.size is None:
+        frames = source.frames(start, 1)
+        try:
+            next(frames, None)
+        finally:
+            frames.close()
+    if source.info.size is None:
+        raise InputError(f"{source.info.source}: no frame at index {start}")
+    return source.info.size
