@@ -94,3 +94,24 @@ def test_tracker_by_name_and_unknown_names(scene):
     by_object = [r.label_map for r in track(mine.model, frames, labels[0], tracker=mine)]
     by_name = [r.label_map for r in track(ColourBackbone(), frames, labels[0], compat="official")]
     assert all(np.array_equal(a, b) for a, b in zip(by_object, by_name, strict=True))
+
+
+def test_each_tracked_object_is_a_concept_learned_like_learn(scene):
+    from persam.personalize import Concept, learn_on_current_image
+    from persam.readers import load_first_mask
+    from persam.tracking.persam_tracker import VIDEO_MASK_VALUE
+
+    frames, labels = scene
+    model = ColourBackbone()
+    tracker = PerSAMTracker(model)
+    tracker.initialize(frames[0], load_first_mask(labels[0]))
+    assert [o.object_id for o in tracker.objects] == [2, 3, 7]
+    for obj in tracker.objects:
+        assert isinstance(obj.concept, Concept) and obj.concept.method == "persam"
+        assert obj.concept.options["mask_value"] == VIDEO_MASK_VALUE
+        again = learn_on_current_image(
+            model, labels[0] == obj.object_id, mask_value=VIDEO_MASK_VALUE, feature_reduce="mean_max",
+            small_mask="best_cells",
+        )  # fmt: skip
+        assert np.array_equal(again.target_feat.numpy(), obj.concept.target_feat.numpy())
+    assert model.encoder_calls == 1  # every object learned from one encoding of the first frame

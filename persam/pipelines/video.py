@@ -157,7 +157,7 @@ def _frames(
             source.close()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrackSummary:
     """What :func:`track_to_folder` did.
 
@@ -252,4 +252,4 @@ def track_to_folder(
     finally:
         if source is not frames:
             source.close()
-    return TrackSummary(n, list(first.object_ids), False, time.perf_counter() - t0)
+    return TrackSummary(frames=n, object_ids=list(first.object_ids), seconds=time.perf_counter() - t0)

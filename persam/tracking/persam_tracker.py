@@ -59,7 +59,7 @@ COMPAT_MODES = ("fixed", "official")
 VIDEO_MASK_VALUE = 215
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrackedObject:
     """One tracked object: its id and the concept learned from its first-frame mask."""
 
@@ -160,7 +160,7 @@ class PerSAMTracker:
         self._size = (h, w)
         self.model.set_image(frame)
         self.objects = [
-            TrackedObject(oid, self.learn_object(oid, mask))
+            TrackedObject(object_id=oid, concept=self.learn_object(oid, mask))
             for oid, mask in zip(first_mask.object_ids, first_mask.masks, strict=True)
         ]
         self._boxes = [mask_box(m) for m in first_mask.masks]
@@ -235,7 +235,9 @@ class PerSAMTracker:
             prompt_box = None if prev is None else expand_box(prev, self.box_margin, self._size)
             if self.diagnostics:
                 oid = self.objects[slot].object_id
-                self._steps[slot] = ObjectStep(slot, oid, xy, labels, prompt_box)
+                self._steps[slot] = ObjectStep(
+                    slot=slot, object_id=oid, points=xy, labels=labels, box_prompt=prompt_box
+                )
             if prompt_box is not None:
                 box, centre = prompt_box
                 xy = np.concatenate([xy, np.asarray(centre, np.int64).reshape(1, 2)], axis=0)
@@ -277,9 +279,13 @@ class PerSAMTracker:
             final = torch.as_tensor(self.choose(call, index, chosen, auto), dtype=torch.int64)
             if self.diagnostics:
                 for k, slot in enumerate(chosen):
-                    rec = CallRecord(scores[k], low[k], None if area is None else area[k])
-                    rec.auto_choice, rec.choice = int(auto[k]), int(final[k])
-                    self._steps[slot].calls[call] = rec
+                    self._steps[slot].calls[call] = CallRecord(
+                        scores=scores[k],
+                        low_res=low[k],
+                        areas=None if area is None else area[k],
+                        auto_choice=int(auto[k]),
+                        choice=int(final[k]),
+                    )
             return final
 
         return pick
@@ -326,7 +332,7 @@ class PerSAMTracker:
         """Diagnostics of PerSAM-F's blended first call (its raw masks; no choice)."""
         if self.diagnostics:
             for k, slot in enumerate(slots):
-                rec = CallRecord(stage.raw_scores[k], stage.raw_low_res_logits[k])
+                rec = CallRecord(scores=stage.raw_scores[k], low_res=stage.raw_low_res_logits[k])
                 self._steps[slot].calls["call1"] = rec
 
     def _update_boxes(self, result: FrameResult) -> None:

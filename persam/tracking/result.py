@@ -12,7 +12,7 @@ import torch
 from persam.results import Masks
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CallRecord:
     """One decoder call for one object on one frame.
 
@@ -33,7 +33,7 @@ class CallRecord:
     choice: int | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ObjectStep:
     """Everything the tracker did for one object on one frame (``diagnostics=True``).
 
