@@ -44,16 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import gradio as gr
 import numpy as np
 from PIL import Image
 
 from persam import devices
+from persam.drawing import overlay_labels, render_overlay
 from persam.io import InputError, as_image, load_image, load_label_map
-from persam.outputs import mask_to_png_array, render_overlay
+from persam.outputs import mask_to_png_array
+from persam.readers import DAVIS_PALETTE, open_video
 from persam.registry import get_spec, is_registered, list_models, random_model_names
-from persam.video_io import DAVIS_PALETTE, ResultWriter, open_video, overlay_labels
 from persam.weights import WeightsError, cache_location, cached_path, get_info
 
 logger = logging.getLogger("persam.demo")
@@ -545,14 +545,15 @@ class DemoEngine:
         self, settings: ModelSettings, image: np.ndarray, clicks: Sequence[tuple]
     ) -> np.ndarray:
         """``bool [H, W]``: the backbone's mask for positive / negative clicks ``(x, y, label)``."""
-        from persam.personalize import mask_from_prompts
+        from persam.personalize import mask_from_prompts, points_outside
 
         if not any(c[2] == 1 for c in clicks):
             raise DemoError("Click on the object (a positive point) in the reference photo first.")
         h, w = image.shape[:2]
-        for c in clicks:
-            if not (0 <= c[0] < w and 0 <= c[1] < h):
-                raise DemoError(f"Click ({c[0]:g}, {c[1]:g}) is outside the {w}x{h} photo.")
+        outside = points_outside([c[:2] for c in clicks], (h, w))
+        if outside.any():
+            c = clicks[int(np.argmax(outside))]
+            raise DemoError(f"Click ({c[0]:g}, {c[1]:g}) is outside the {w}x{h} photo.")
         pts = np.array([c[:2] for c in clicks], np.float32)
         labels = np.array([c[2] for c in clicks], np.int64)
         with self.lock:
@@ -642,11 +643,11 @@ class DemoEngine:
             with self.lock:
                 result = concept.segment(image)
             mask = np.asarray(result.mask, bool)
-            pts = getattr(result, "points", None)
+            pts = result.points
             caption = f"{name} — score {float(result.score):.3f}"
             if not result.found:
                 caption += " (not found)"
-            gallery.append((render_overlay(image, mask, pts, getattr(result, "point_labels", None)), caption))
+            gallery.append((render_overlay(image, mask, pts, result.point_labels), caption))
             stem = Path(name).stem
             out_name, k = f"{stem}.png", 1
             while out_name in used:
@@ -685,42 +686,36 @@ class DemoEngine:
         progress: Callable[[float, str], None] | None = None,
     ) -> VideoResult:
         """Tracks the objects of the first-frame label map ``uint8 [H, W]`` through the video."""
-        from persam.pipelines.video import track
+        from persam.pipelines.video import track_to_folder
 
         if not first_labels.any():
             raise DemoError("Mark at least one object on the first frame.")
         out_dir = self.new_result_dir()
         stem = Path(video_path).stem or "video"
         video_out = out_dir / f"{stem}_overlay.webm"
-        writer: cv2.VideoWriter | None = None
-        frames = 0
         try:
             source = open_video(video_path)
         except InputError as e:
             raise DemoError(f"Cannot read the video: {_one_line(e, video_path)}") from None
         total = source.info.num_frames
+        done = [0]
+
+        def on_frame(_: Any) -> None:
+            done[0] += 1
+            if progress is not None:
+                share = done[0] / total if total else 0.0
+                progress(min(share, 1.0), f"frame {done[0]}" + (f" of {total}" if total else ""))
+
         try:
-            with self.lock, source, ResultWriter(out_dir / "masks", fps=source.info.fps) as results:
+            with self.lock, source:
                 model = self.cache.get(settings)
-                for res in track(model, source, first_labels, method=method, keep_images=True):
-                    if writer is None:
-                        h, w = res.label_map.shape
-                        fourcc = cv2.VideoWriter_fourcc(*"VP80")
-                        writer = cv2.VideoWriter(str(video_out), fourcc, float(source.info.fps), (w, h))
-                        if not writer.isOpened():
-                            raise DemoError("This OpenCV build cannot write WebM (VP8) videos.")
-                    frame = overlay_labels(res.image, res.label_map, DAVIS_PALETTE)
-                    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-                    results.write(source.info.frame_name(res.index), res.label_map, record=res.to_record())
-                    frames += 1
-                    if progress is not None:
-                        done = frames / total if total else 0.0
-                        progress(min(done, 1.0), f"frame {frames}" + (f" of {total}" if total else ""))
+                summary = track_to_folder(
+                    model, source, first_labels, out_dir / "masks", overlay=video_out, method=method,
+                    on_frame=on_frame,
+                )  # fmt: skip
         except InputError as e:
             raise DemoError(f"Tracking stopped: {_one_line(e, video_path)}") from None
-        finally:
-            if writer is not None:
-                writer.release()
+        frames = summary.frames
         if frames == 0:
             raise DemoError("Cannot read the video: it holds no frame that can be decoded.")
         zip_path = zip_folder(out_dir / "masks", out_dir / f"{stem}_masks_davis.zip", prefix=stem)

@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from persam.personalize import learn
-from persam.personalize.concept import segment_current_image
+from persam.personalize import learn, segment_current_image
 from persam.personalize.finetune import fit_mask_weights, naive_logits_fn, reference_training_logits
 from persam.registry import build_model
 

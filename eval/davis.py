@@ -8,25 +8,23 @@ For every sequence of ``<davis-root>/ImageSets/2017/<set>.txt``, the objects of
 ``<out>/<seq>/NNNNN.png`` (palette PNGs with the annotation's palette; frame 0 is the given mask,
 as the semi-supervised protocol expects). The predictions are then evaluated with
 :func:`persam.evaluation.davis.evaluate_davis`; the tables are printed and the CSVs written to
-``<out>``. A sequence whose folder already exists is skipped (``--overwrite`` recomputes), so an
-interrupted run can be resumed; a sequence folder appears only once it is complete.
+``<out>``. A sequence whose folder holds a finished run is skipped (``--overwrite`` recomputes), so
+an interrupted run can be resumed; a sequence's files appear only once it is complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from persam.cli.options import CommandError, add_model_arguments, load_model, normalize_method, one_line
 from persam.io import InputError
-from persam.pipelines.video import track
-from persam.video_io import DAVIS_PALETTE, ResultWriter, davis_sequence, load_first_mask, open_video
+from persam.pipelines.video import track_to_folder
+from persam.readers import davis_sequence, open_video
 
 
 def predict_davis(
@@ -44,36 +42,34 @@ def predict_davis(
     """Writes the predictions of every sequence; returns per-sequence frame counts and timing."""
     report: dict[str, dict] = {}
     for seq in sequences:
-        dst = out / seq
-        if dst.exists() and not overwrite:
+        frames_dir, mask_path = davis_sequence(davis_root, seq, resolution)
+        with open_video(frames_dir) as source:
+            bar = tqdm(
+                total=source.info.num_frames, unit="frame", desc=seq, disable=not progress, file=sys.stderr
+            )
+            try:
+                summary = track_to_folder(
+                    model,
+                    source,
+                    mask_path,
+                    out / seq,
+                    skip_done=not overwrite,
+                    method=method,
+                    compat=compat,
+                    on_frame=lambda _, bar=bar: bar.update(1),
+                )
+            finally:
+                bar.close()
+        if summary.skipped:
             report[seq] = {"skipped": True}
             continue
-        frames_dir, mask_path = davis_sequence(davis_root, seq, resolution)
-        source = open_video(frames_dir)
-        first = load_first_mask(mask_path, size=source.info.size)
-        t0 = time.perf_counter()
-        n = 0
-        # Stage the sequence in a sibling folder so that <out>/<seq> only appears complete.
-        staging = out / f".{seq}.partial"
-        shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
-        with ResultWriter(staging, first.palette or list(DAVIS_PALETTE), scores_name="scores.json") as writer:
-            bar = tqdm(
-                track(model, source, first, method=method, compat=compat),
-                total=source.info.num_frames,
-                unit="frame",
-                desc=seq,
-                disable=not progress,
-                file=sys.stderr,
-            )
-            for res in bar:
-                name = source.info.frame_name(res.index)
-                writer.write(name, res.label_map, None, dict(res.to_record(), name=name))
-                n += 1
-        source.close()
-        shutil.rmtree(dst, ignore_errors=True)
-        staging.rename(dst)
-        seconds = time.perf_counter() - t0
-        report[seq] = {"frames": n, "objects": len(first.object_ids), "seconds": seconds, "fps": n / seconds}
+        n, seconds = summary.frames, summary.seconds
+        report[seq] = {
+            "frames": n,
+            "objects": len(summary.object_ids),
+            "seconds": seconds,
+            "fps": n / seconds,
+        }
     return report
 
 

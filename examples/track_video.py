@@ -3,7 +3,8 @@
     python examples/track_video.py video.mp4 first_frame_mask.png -o tracked/
 
 Writes one palette PNG per frame (``<output>/<frame>.png``, 0 = background, 1.. = object ids) and
-prints, per frame, which objects were found. ``persam track`` does the same with an overlay video.
+``<output>/scores.json``, and prints, per frame, which objects were found. ``--overlay out.mp4``
+adds a video of the objects drawn over the frames (as ``persam track`` does).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import sys
 from pathlib import Path
 
 import persam
-from persam.io import save_png
-from persam.video_io import DAVIS_PALETTE
+from persam.pipelines.video import track_to_folder
+from persam.tracking import FrameResult
 from persam.weights import WeightsError
 
 
@@ -26,17 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--method", default="persam", choices=("persam", "persam-f", "persam_f"), help="default persam"
     )
+    parser.add_argument("--overlay", type=Path, help="also write an overlay video (.mp4)")
     parser.add_argument("--model", default="sam_vit_h", help="model name or config JSON")
     parser.add_argument("--checkpoint", default="auto", help="weights file, 'auto' or 'none'")
     args = parser.parse_args(argv)
 
     try:
         model = persam.build_model(args.model, checkpoint=args.checkpoint)
-        frames = persam.track(model, args.video, args.first_mask, method=args.method)
-        for frame in frames:
-            save_png(args.output / f"{frame.index:05d}.png", frame.label_map, palette=DAVIS_PALETTE)
-            found = [i for i in frame.object_ids if frame.present[i]]
+
+        def report(frame: FrameResult) -> None:
+            masks = frame.masks  # one mask per object: masks, scores, boxes, object_ids, found
+            found = masks.object_ids[masks.found].tolist()
             print(f"frame {frame.index}: objects {found or 'none'} found")
+
+        track_to_folder(
+            model, args.video, args.first_mask, args.output, overlay=args.overlay, method=args.method,
+            on_frame=report,
+        )  # fmt: skip
     except (persam.InputError, WeightsError, ValueError, OSError) as e:  # bad video, mask or model
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ _EXPORTS = {
     "Concept": "persam.personalize",
     "SegmentationResult": "persam.personalize",
     "track": "persam.pipelines.video",
+    "Masks": "persam.results",
     "InputError": "persam.errors",
 }
 

@@ -5,6 +5,8 @@ Kept free of heavy imports: the command line parses ``--method`` with it before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 #: Canonical method names: training-free PerSAM and PerSAM-F (two fitted mask weights).
 METHODS = ("persam", "persam_f")
 
@@ -20,3 +22,39 @@ def normalize_method(method: str) -> str:
     if canonical not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (or persam-f), got {method!r}")
     return canonical
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodSpec:
+    """What sets one method apart; every step that differs between the methods reads it here.
+
+    Attributes:
+        name: canonical name.
+        feature_reduce: how the reference cells pool into the object feature (``"mean"`` or
+            ``"mean_max"``, see :func:`persam.personalize.reference.target_embedding`).
+        negative_point: the location prior adds the least similar pixel as a negative point.
+        fits_mask_weights: two weights blending the decoder's three masks are fitted on the
+            reference and the cascade starts from the blend (PerSAM-F); otherwise the first
+            decoder call gets the target-guided attention and target-semantic prompt (PerSAM).
+    """
+
+    name: str
+    feature_reduce: str
+    negative_point: bool
+    fits_mask_weights: bool
+
+
+_SPECS = {
+    "persam": MethodSpec(name="persam", feature_reduce="mean", negative_point=True, fits_mask_weights=False),
+    "persam_f": MethodSpec(
+        name="persam_f",
+        feature_reduce="mean_max",
+        negative_point=False,
+        fits_mask_weights=True,
+    ),
+}
+
+
+def method_spec(method: str) -> MethodSpec:
+    """The :class:`MethodSpec` of ``method`` (any spelling :func:`normalize_method` accepts)."""
+    return _SPECS[normalize_method(method)]

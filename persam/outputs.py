@@ -1,6 +1,8 @@
-"""Writers for segmentation results: binary mask PNGs, overlays, COCO-style JSON and PerSeg masks.
+"""Image-set writers: binary mask PNGs, overlays, COCO-style JSON and PerSeg masks, each written
+from a :class:`~persam.results.Masks`.
 
-Layout of an output folder written by :func:`persam.pipelines.image_set.segment_image_set`::
+Layout of an output folder written by :class:`ImageSetWriter`
+(:func:`persam.pipelines.image_set.segment_image_set`)::
 
     OUT/masks/<name>.png          binary mask, 8-bit grayscale, 0 = background, 255 = object
     OUT/overlays/<name>.jpg       the image with the mask tinted, prompt points and box drawn
@@ -15,28 +17,30 @@ half-written output behind.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from persam.io import InputError, PathLike, save_image, save_png, write_json_atomic
+from persam.drawing import render_masks
+from persam.io import InputError, PathLike, ensure_output_dir, save_image, save_png, write_json_atomic
+from persam.results import Masks, mask_bbox_xywh
 
 MASK_DIR = "masks"
 OVERLAY_DIR = "overlays"
 COCO_FILE = "coco.json"
+SAVE_KINDS = ("mask", "overlay", "coco", "perseg")
+DEFAULT_SAVE = ("mask", "overlay")
+STATE_FILE = ".persam-state.json"
 
 # The PerSeg reference code writes predictions with OpenCV as BGR (0, 0, 128): the red channel holds
 # 128, which is (128, 0, 0) in RGB order.
 PERSEG_COLOR_RGB = (128, 0, 0)
 
-OVERLAY_TINT = (30, 144, 255)  # RGB
-FOREGROUND_POINT = (0, 220, 0)
-BACKGROUND_POINT = (230, 0, 0)
-BOX_COLOR = (0, 220, 0)
+# The COCO and state files are rewritten at most this often (and at the end): rewriting them after
+# every image would cost time quadratic in the number of images.
+_FLUSH_SECONDS = 10.0
 
 
 def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
@@ -70,93 +74,12 @@ def save_perseg_mask(path: PathLike, mask: np.ndarray) -> None:
     save_png(path, perseg_array(mask))
 
 
-# ---------------------------------------------------------------------------------------- overlay
-def render_overlay(
-    image: np.ndarray,
-    mask: np.ndarray,
-    points: np.ndarray | Sequence[Sequence[float]] | None = None,
-    point_labels: np.ndarray | Sequence[int] | None = None,
-    box: np.ndarray | Sequence[float] | None = None,
-    tint: tuple[int, int, int] = OVERLAY_TINT,
-    alpha: float = 0.5,
-) -> np.ndarray:
-    """Draws a segmentation on its image.
-
-    Args:
-        image: ``uint8 [H, W, 3]`` RGB.
-        mask: ``bool [H, W]``; tinted with ``tint`` at opacity ``alpha``, outlined in the same colour.
-        points: ``[N, 2]`` (x, y) pixels; drawn as filled circles (green foreground, red background).
-        point_labels: ``[N]`` 1 foreground / 0 background (all foreground when None).
-        box: ``[4]`` XYXY pixels, drawn as a rectangle.
-
-    Returns:
-        ``uint8 [H, W, 3]`` RGB.
-    """
-    img = np.asarray(image)
-    m = _as_bool_mask(mask)
-    if img.shape[:2] != m.shape:
-        raise ValueError(f"mask {m.shape} does not match image {img.shape[:2]}")
-    out = img.astype(np.float32)
-    out[m] = out[m] * (1.0 - alpha) + np.asarray(tint, np.float32) * alpha
-    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    h, w = m.shape
-    thickness = max(1, round(max(h, w) / 400))
-    if m.any():
-        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, tint, thickness)
-    if box is not None:
-        x0, y0, x1, y1 = (int(round(float(v))) for v in np.asarray(box, np.float64).reshape(4))
-        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOR, thickness)
-    if points is not None:
-        pts = np.asarray(points, np.float64).reshape(-1, 2)
-        labels = np.ones(len(pts), int) if point_labels is None else np.asarray(point_labels).reshape(-1)
-        radius = max(3, round(max(h, w) / 100))
-        for (x, y), lab in zip(pts, labels, strict=True):
-            centre = (int(round(x)), int(round(y)))
-            colour = FOREGROUND_POINT if lab > 0 else BACKGROUND_POINT
-            cv2.circle(out, centre, radius, colour, -1, cv2.LINE_AA)
-            cv2.circle(out, centre, radius, (255, 255, 255), max(1, radius // 4), cv2.LINE_AA)
-    return out
-
-
 def save_overlay(path: PathLike, overlay: np.ndarray, quality: int = 90) -> None:
     """Writes a rendered overlay as JPEG or PNG (by suffix), atomically."""
     save_image(path, overlay, quality=quality)
 
 
 # ------------------------------------------------------------------------------------------- COCO
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO run-length encoding of ``bool [H, W]``: ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
-    m = np.asfortranarray(_as_bool_mask(mask).astype(np.uint8))
-    rle = mask_utils.encode(m)
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """Inverse of :func:`encode_rle`: ``bool [H, W]``."""
-    counts = rle["counts"]
-    r = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(r).astype(bool)
-
-
-def mask_bbox_xywh(mask: np.ndarray) -> list[float]:
-    """Tight bounding box ``[x, y, w, h]`` of the object pixels (zeros for an empty mask)."""
-    m = _as_bool_mask(mask)
-    ys, xs = np.nonzero(m)
-    if len(xs) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    x0, y0 = int(xs.min()), int(ys.min())
-    return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
-
-
-@dataclass
-class CocoInstance:
-    """One segmented instance to record: ``mask`` bool ``[H, W]`` and its confidence ``score``."""
-
-    mask: np.ndarray
-    score: float
-
-
 class CocoResults:
     """A COCO-style results file, updated image by image and written atomically.
 
@@ -200,10 +123,9 @@ class CocoResults:
             self.categories[name] = max(self.categories.values(), default=0) + 1
         return self.categories[name]
 
-    def add(
-        self, file_name: str, height: int, width: int, instances: Sequence[CocoInstance], concept: str
-    ) -> None:
-        """Records one image and its instances (an empty list records an image with no detection)."""
+    def add(self, file_name: str, masks: Masks, concept: str) -> None:
+        """Records one image and its found, non-empty masks (none: an image with no detection)."""
+        height, width = masks.image_size
         old = self.images.get(file_name)
         image_id = old["id"] if old else max((im["id"] for im in self.images.values()), default=0) + 1
         self.images[file_name] = {
@@ -213,19 +135,21 @@ class CocoResults:
             "width": int(width),
         }
         cid = self._category_id(concept)
+        kept = masks[masks.found & (masks.areas > 0)]
         self.annotations[file_name] = [
             {
                 "image_id": image_id,
                 "category_id": cid,
                 "file_name": file_name,
-                "segmentation": encode_rle(inst.mask),
-                "score": float(inst.score),
-                "bbox": mask_bbox_xywh(inst.mask),
-                "area": int(np.count_nonzero(inst.mask)),
+                "segmentation": rle,
+                "score": float(score),
+                "bbox": mask_bbox_xywh(mask),
+                "area": int(area),
                 "iscrowd": 0,
             }
-            for inst in instances
-            if np.any(inst.mask)
+            for mask, rle, score, area in zip(
+                kept.masks, kept.to_coco_rle(), kept.scores, kept.areas, strict=True
+            )
         ]
 
     def to_dict(self) -> dict:
@@ -243,3 +167,128 @@ class CocoResults:
 
     def save(self) -> None:
         write_json_atomic(self.path, self.to_dict())
+
+
+# ------------------------------------------------------------------------------------- image sets
+def parse_save(save: str | Sequence[str]) -> tuple[str, ...]:
+    """``"mask,overlay"`` or ``["mask", "coco"]`` -> validated tuple of output kinds."""
+    items = [s.strip() for s in save.split(",")] if isinstance(save, str) else [s.strip() for s in save]
+    items = [s for s in items if s]
+    bad = [s for s in items if s not in SAVE_KINDS]
+    if bad or not items:
+        raise InputError(f"--save: unknown output kind {bad[0]!r}" if bad else "--save: nothing to save")
+    return tuple(dict.fromkeys(items))
+
+
+def check_concept_name(concept_name: str, save: Sequence[str] = DEFAULT_SAVE) -> None:
+    """Raises :class:`InputError` unless ``concept_name`` can name the PerSeg output sub-folder."""
+    if not concept_name or "/" in concept_name or "\\" in concept_name or concept_name in (".", ".."):
+        raise InputError(f"concept name {concept_name!r} cannot be used as a folder name")
+    if "perseg" in save and concept_name in (MASK_DIR, OVERLAY_DIR):
+        raise InputError(f"concept name {concept_name!r} clashes with the output folder of the same name")
+
+
+class ImageSetWriter:
+    """Writes the chosen outputs of one image and knows whether they exist already.
+
+    Args:
+        out_dir: output folder (created).
+        save: output kinds, a subset of :data:`SAVE_KINDS`.
+        concept_name: PerSeg sub-folder and COCO category name.
+        overlay_format: ``"jpg"`` or ``"png"``.
+        fingerprint: see :func:`concept_fingerprint`; when given, outputs only count as done if
+            they were written under the same fingerprint (recorded in :data:`STATE_FILE`).
+    """
+
+    def __init__(
+        self,
+        out_dir: PathLike,
+        save: Sequence[str] = DEFAULT_SAVE,
+        concept_name: str = "object",
+        overlay_format: str = "jpg",
+        fingerprint: str | None = None,
+    ) -> None:
+        self.save = parse_save(save)
+        if overlay_format not in ("jpg", "png"):
+            raise InputError(f"overlay format must be 'jpg' or 'png', got {overlay_format!r}")
+        check_concept_name(concept_name, self.save)
+        self.out_dir = ensure_output_dir(out_dir)  # after the checks: a refused run creates nothing
+        self.concept_name = concept_name
+        self.overlay_format = overlay_format
+        self.coco = CocoResults(self.out_dir / COCO_FILE) if "coco" in self.save else None
+        self.fingerprint = fingerprint
+        self.state_path = self.out_dir / STATE_FILE
+        self.state = self._read_state()
+        self._dirty = False
+        self._saved_at = time.monotonic()
+
+    def _read_state(self) -> dict[str, dict[str, str]]:
+        """``{output name: {output kind: fingerprint}}`` from :data:`STATE_FILE` (empty if absent)."""
+        try:
+            images = json.loads(self.state_path.read_text(encoding="utf-8"))["images"]
+            return {
+                name: {k: v for k, v in kinds.items() if isinstance(v, str)}
+                for name, kinds in images.items()
+                if isinstance(kinds, dict)
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # missing or damaged: nothing counts as done, images are recomputed
+
+    def file_paths(self, name: str) -> dict[str, Path]:
+        """Output file of each chosen file kind (COCO entries live in one shared file)."""
+        paths = {
+            "mask": self.out_dir / MASK_DIR / f"{name}.png",
+            "overlay": self.out_dir / OVERLAY_DIR / f"{name}.{self.overlay_format}",
+            "perseg": self.out_dir / self.concept_name / f"{name}.png",
+        }
+        return {k: v for k, v in paths.items() if k in self.save}
+
+    def outputs_exist(self, name: str, file_name: str) -> bool:
+        """True when every chosen output of this image exists (whatever concept wrote it)."""
+        if self.coco is not None and file_name not in self.coco:
+            return False
+        return all(p.is_file() for p in self.file_paths(name).values())
+
+    def is_current(self, name: str) -> bool:
+        """True when this image's outputs were written with this writer's fingerprint."""
+        if self.fingerprint is None:
+            return True
+        kinds = self.state.get(name, {})
+        return all(kinds.get(kind) == self.fingerprint for kind in self.save)
+
+    def is_done(self, name: str, file_name: str) -> bool:
+        """True when every chosen output of this image exists and comes from the same concept."""
+        return self.outputs_exist(name, file_name) and self.is_current(name)
+
+    def write(self, name: str, file_name: str, image: np.ndarray, masks: Masks) -> None:
+        """Writes the outputs of one segmented image (``image`` uint8 ``[H, W, 3]``): the union of
+        ``masks`` as mask / PerSeg PNG and overlay, the found ones as COCO entries."""
+        mask = masks.union()
+        paths = self.file_paths(name)
+        if "mask" in paths:
+            save_mask(paths["mask"], mask)
+        if "perseg" in paths:
+            save_perseg_mask(paths["perseg"], mask)
+        if "overlay" in paths:
+            save_overlay(paths["overlay"], render_masks(image, masks))
+        if self.coco is not None:
+            self.coco.add(file_name, masks, self.concept_name)
+        if self.fingerprint is not None:
+            self.state.setdefault(name, {}).update(dict.fromkeys(self.save, self.fingerprint))
+        self._dirty = self.coco is not None or self.fingerprint is not None
+        if self._dirty and time.monotonic() - self._saved_at > _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the COCO file and the state file if they changed.
+
+        An image written after the last flush of an interrupted run is simply recomputed next time.
+        """
+        if not self._dirty:
+            return
+        if self.coco is not None:
+            self.coco.save()
+        if self.fingerprint is not None:
+            write_json_atomic(self.state_path, {"version": 1, "images": self.state})
+        self._dirty = False
+        self._saved_at = time.monotonic()

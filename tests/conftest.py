@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from skimage import data
 
+from persam.readers import DAVIS_PALETTE
 from persam.registry import tiny_sam_config
-from persam.video_io import DAVIS_PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Golden data beside the checkout; a user's clone has none, and those tests then skip.

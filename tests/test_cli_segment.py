@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ from conftest import fast_sam_config
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from persam import outputs
 from persam.io import InputError
+from persam.personalize import SegmentationResult
 from persam.pipelines import image_set
+from persam.results import decode_rle
 
 
 @pytest.fixture(autouse=True)
@@ -57,29 +57,27 @@ def _write_scenes(folder: Path, n: int, ext: str = ".png", start: int = 0) -> li
     return masks
 
 
-@dataclass
-class _Result:
-    mask: np.ndarray
-    score: float
-    found: bool
-    points: np.ndarray | None = None
-    point_labels: np.ndarray | None = None
-    box: np.ndarray | None = None
-    instances: list = field(default_factory=list)
-
-
 class _RedConcept:
     """Stand-in for a learned concept: segments strongly red pixels and counts its calls."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def segment(self, image: np.ndarray, *, max_instances: int = 1) -> _Result:
+    def segment(self, image: np.ndarray, *, max_instances: int = 1) -> SegmentationResult:
         self.calls += 1
         m = (image[..., 0] > 150) & (image[..., 1] < 80)
         ys, xs = np.nonzero(m)
         pts = np.array([[xs.mean(), ys.mean()]]) if m.any() else None
-        return _Result(m, 0.75, bool(m.any()), pts, np.array([1]) if m.any() else None)
+        labels = np.array([1]) if m.any() else None
+        return SegmentationResult(
+            mask=m,
+            score=0.75,
+            found=bool(m.any()),
+            points=pts,
+            point_labels=labels,
+            box=None,
+            final_stage="refine2",
+        )
 
 
 def _png(path: Path) -> np.ndarray:
@@ -224,7 +222,7 @@ class _LearnedConcept(_RedConcept):
         options = {"steps": 10, "fit_seconds": self.fit_seconds, "final_loss": self.fit_seconds / 7}
         return {"method": "persam", "checkpoint_id": "abc", "name": "x", "options": options}
 
-    def segment(self, image: np.ndarray, *, max_instances: int = 1) -> _Result:
+    def segment(self, image: np.ndarray, *, max_instances: int = 1) -> SegmentationResult:
         if self.stop_after is not None and self.calls == self.stop_after:
             raise KeyboardInterrupt
         r = super().segment(image, max_instances=max_instances)
@@ -391,7 +389,7 @@ def test_cli_masks_equal_python_api(tiny, scenes, tmp_path, capsys, method) -> N
         anns = [x for x in coco["annotations"] if x["file_name"] == t.name]
         if exp.any():
             assert len(anns) == 1
-            np.testing.assert_array_equal(outputs.decode_rle(anns[0]["segmentation"]), exp)
+            np.testing.assert_array_equal(decode_rle(anns[0]["segmentation"]), exp)
     assert coco["categories"] == [{"id": 1, "name": "dog"}]
     _no_part_files(out)
 
@@ -682,7 +680,7 @@ def test_cli_max_instances_writes_every_instance_to_coco(tiny, scenes, tmp_path,
         assert 0 < len(anns) <= 3 or not exp.any()
         union = np.zeros_like(exp)
         for a in anns:
-            union |= outputs.decode_rle(a["segmentation"])
+            union |= decode_rle(a["segmentation"])
         np.testing.assert_array_equal(union, exp)
 
 

@@ -13,7 +13,7 @@ from conftest import fast_sam_config, write_palette_png, write_video
 from PIL import Image
 
 from persam.cli import main
-from persam.video_io import DAVIS_PALETTE
+from persam.readers import DAVIS_PALETTE
 
 H, W, T, FPS = 72, 96, 6, 8.0
 

@@ -13,8 +13,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from persam import outputs
+from persam import drawing, outputs
 from persam.io import InputError, load_mask
+from persam.results import Masks, decode_rle, encode_rle, mask_bbox_xywh
 
 
 def _blob(h: int = 48, w: int = 64) -> np.ndarray:
@@ -57,15 +58,15 @@ def test_perseg_mask_equals_golden_prediction_files(tmp_path: Path) -> None:
 
 def test_rle_roundtrip_and_bbox() -> None:
     m = _blob()
-    rle = outputs.encode_rle(m)
+    rle = encode_rle(m)
     json.dumps(rle)  # JSON-ready
     assert rle["size"] == [48, 64]
     decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     np.testing.assert_array_equal(decoded.astype(bool), m)
-    np.testing.assert_array_equal(outputs.decode_rle(rle), m)
+    np.testing.assert_array_equal(decode_rle(rle), m)
     expected = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))).tolist()
-    assert outputs.mask_bbox_xywh(m) == pytest.approx(expected)
-    assert outputs.mask_bbox_xywh(np.zeros((4, 4), bool)) == [0, 0, 0, 0]
+    assert mask_bbox_xywh(m) == pytest.approx(expected)
+    assert mask_bbox_xywh(np.zeros((4, 4), bool)) == [0, 0, 0, 0]
 
 
 def test_coco_results_load_with_pycocotools(tmp_path: Path) -> None:
@@ -73,9 +74,9 @@ def test_coco_results_load_with_pycocotools(tmp_path: Path) -> None:
     m1, m2 = _blob(), np.zeros((48, 64), bool)
     m2[3:9, 10:30] = True
     res = outputs.CocoResults(path)
-    res.add("a.jpg", 48, 64, [outputs.CocoInstance(m1, 0.9)], "dog")
-    res.add("b.jpg", 48, 64, [outputs.CocoInstance(m2, 0.5), outputs.CocoInstance(m1, 0.25)], "dog")
-    res.add("c.jpg", 48, 64, [], "dog")  # nothing found: image listed, no annotation
+    res.add("a.jpg", Masks(masks=np.stack([m1]), scores=[0.9]), "dog")
+    res.add("b.jpg", Masks(masks=np.stack([m2, m1]), scores=[0.5, 0.25]), "dog")
+    res.add("c.jpg", Masks.empty((48, 64)), "dog")  # nothing found: image listed, no annotation
     res.save()
     coco = COCO(str(path))
     assert sorted(im["file_name"] for im in coco.dataset["images"]) == ["a.jpg", "b.jpg", "c.jpg"]
@@ -94,13 +95,13 @@ def test_coco_results_load_with_pycocotools(tmp_path: Path) -> None:
 def test_coco_results_are_extended_and_replaced(tmp_path: Path) -> None:
     path = tmp_path / "coco.json"
     res = outputs.CocoResults(path)
-    res.add("a.jpg", 48, 64, [outputs.CocoInstance(_blob(), 0.9)], "dog")
-    res.add("b.jpg", 48, 64, [outputs.CocoInstance(_blob(), 0.8)], "dog")
+    res.add("a.jpg", Masks(masks=np.stack([_blob()]), scores=[0.9]), "dog")
+    res.add("b.jpg", Masks(masks=np.stack([_blob()]), scores=[0.8]), "dog")
     res.save()
     again = outputs.CocoResults(path)
     assert "a.jpg" in again and "b.jpg" in again and "z.jpg" not in again
-    again.add("b.jpg", 48, 64, [], "dog")
-    again.add("c.jpg", 48, 64, [outputs.CocoInstance(_blob(), 0.7)], "dog")
+    again.add("b.jpg", Masks.empty((48, 64)), "dog")
+    again.add("c.jpg", Masks(masks=np.stack([_blob()]), scores=[0.7]), "dog")
     again.save()
     data = json.loads(path.read_text())
     ids = {im["file_name"]: im["id"] for im in data["images"]}
@@ -119,24 +120,24 @@ def test_render_overlay_tints_mask_and_draws_prompts() -> None:
     img = np.full((100, 120, 3), 100, np.uint8)
     m = np.zeros((100, 120), bool)
     m[20:60, 30:90] = True
-    ov = outputs.render_overlay(
+    ov = drawing.render_overlay(
         img, m, points=[[60, 40], [10, 90]], point_labels=[1, 0], box=[30, 20, 89, 59]
     )
     assert ov.shape == img.shape and ov.dtype == np.uint8
     # Far from mask, points and box: untouched.
     np.testing.assert_array_equal(ov[90, 110], [100, 100, 100])
     # Inside the mask, away from outline and points: blended towards the tint.
-    tint = np.asarray(outputs.OVERLAY_TINT)
+    tint = np.asarray(drawing.OVERLAY_TINT)
     np.testing.assert_allclose(ov[30, 45], (100 + tint) / 2, atol=1)
-    np.testing.assert_array_equal(ov[40, 60], outputs.FOREGROUND_POINT)
-    np.testing.assert_array_equal(ov[90, 10], outputs.BACKGROUND_POINT)
+    np.testing.assert_array_equal(ov[40, 60], drawing.FOREGROUND_POINT)
+    np.testing.assert_array_equal(ov[90, 10], drawing.BACKGROUND_POINT)
     with pytest.raises(ValueError):
-        outputs.render_overlay(img, m[:50])
+        drawing.render_overlay(img, m[:50])
 
 
 def test_save_overlay_formats(tmp_path: Path) -> None:
     img = np.full((30, 40, 3), 50, np.uint8)
-    ov = outputs.render_overlay(img, np.ones((30, 40), bool))
+    ov = drawing.render_overlay(img, np.ones((30, 40), bool))
     outputs.save_overlay(tmp_path / "o.jpg", ov)
     outputs.save_overlay(tmp_path / "o.png", ov)
     assert Image.open(tmp_path / "o.jpg").format == "JPEG"

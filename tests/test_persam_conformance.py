@@ -18,7 +18,11 @@ from conftest import fixture_dir, load_fixture
 
 from persam.backbones.sam import SamBackbone
 from persam.models.sam import sam_from_config
-from persam.personalize import core, finetune
+from persam.personalize import finetune
+from persam.personalize.boxes import mask_box
+from persam.personalize.cascade import cascaded_refinement, persam_f_cascade
+from persam.personalize.prior import location_prior, similarity_map, target_guided_attention
+from persam.personalize.reference import reference_coverage_grid, reference_grid_mask, target_embedding
 
 CONCEPTS = ("cat", "colorful_sneaker", "duck_toy")
 IMAGES = ("00", "01", "02")
@@ -95,12 +99,12 @@ class _Runner:
         """Reference-side computations; image 00 (the reference) is the current image."""
         m = self.model
         mask = self.inputs[concept]["ref_mask"].numpy() > 0
-        coverage = core.reference_coverage_grid(m, mask, mask_value=128, pad_coverage=PIXEL_MEAN_R / 128)
-        grid = core.reference_grid_mask(m, mask)
-        feat, emb = core.target_embedding(m.features, grid, reduce="mean")
-        feat_f, emb_f = core.target_embedding(m.features, grid, reduce="mean_max")
+        coverage = reference_coverage_grid(m, mask, mask_value=128, pad_coverage=PIXEL_MEAN_R / 128)
+        grid = reference_grid_mask(m, mask)
+        feat, emb = target_embedding(m.features, grid, reduce="mean")
+        feat_f, emb_f = target_embedding(m.features, grid, reduce="mean_max")
         cells = m.features[0].permute(1, 2, 0)[grid]
-        sim_grid_f, sim_f = core.similarity_map(m, feat_f)
+        sim_grid_f, sim_f = similarity_map(m, feat_f)
         ref_f = self.persam_f["concepts"][concept]
         # Training prompt: our point must be the recorded one; the recorded one is then used.
         prompt = finetune.reference_training_logits(m, feat_f)
@@ -141,18 +145,18 @@ class _Runner:
         out: dict = {}
         # --- PerSAM
         rec = self.persam["concepts"][concept]["tests"][idx]
-        sim_grid, sim = core.similarity_map(m, r["feat"])
-        points, labels = core.location_prior(sim, topk=1, negative=True)
-        attn = core.target_guided_attention(sim)
+        sim_grid, sim = similarity_map(m, r["feat"])
+        points, labels = location_prior(sim, topk=1, negative=True)
+        attn = target_guided_attention(sim)
         stored_pts = rec["topk_xy"].numpy()
-        cas = core.cascaded_refinement(m, stored_pts, rec["topk_label"].numpy(), attn, r["emb"])
+        cas = cascaded_refinement(m, stored_pts, rec["topk_label"].numpy(), attn, r["emb"])
         out["persam"] = dict(sim_grid=sim_grid, sim=sim, points=points, labels=labels, attn=attn, cascade=cas)
         # --- PerSAM-F
         rec_f = self.persam_f["concepts"][concept]["tests"][idx]
-        sim_grid_f, sim_f = core.similarity_map(m, r["feat_f"])
-        points_f, labels_f = core.location_prior(sim_f, topk=1, negative=False)
+        sim_grid_f, sim_f = similarity_map(m, r["feat_f"])
+        points_f, labels_f = location_prior(sim_f, topk=1, negative=False)
         weights = r["fit"].weights
-        cas_f = finetune.persam_f_cascade(m, rec_f["topk_xy"].numpy(), np.ones(1, np.int64), weights[None])
+        cas_f = persam_f_cascade(m, rec_f["topk_xy"].numpy(), np.ones(1, np.int64), weights[None])
         out["persam_f"] = dict(
             sim_grid=sim_grid_f, sim=sim_f, points=points_f, labels=labels_f, cascade=cas_f
         )
@@ -260,7 +264,7 @@ def _check_call(stage, high: torch.Tensor, rec: dict, lr_rows: torch.Tensor, hr:
     if "best_idx" in rec:
         assert int(stage.best_idx[b]) == int(rec["best_idx"])
         _close(_grid(stage.logits[b], *hr), rec["best_high_res_logits_grid"], ATOL_HIGH)
-        assert core.mask_box(stage.mask[b]).tolist() == rec["mask_box"][rec["best_idx"]].tolist()
+        assert mask_box(stage.mask[b]).tolist() == rec["mask_box"][rec["best_idx"]].tolist()
 
 
 @pytest.mark.parametrize(("concept", "idx"), CASES)

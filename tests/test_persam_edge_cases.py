@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from persam.backbones.base import Backbone, DecoderOutput
-from persam.personalize import MaskTooSmallError, core, finetune, learn, segment_concepts
+from persam.personalize import MaskTooSmallError, finetune, learn, segment_concepts
+from persam.personalize.boxes import mask_box, mask_boxes
+from persam.personalize.cascade import cascaded_refinement
+from persam.personalize.prior import location_prior, similarity_map, target_guided_attention
+from persam.personalize.reference import reference_coverage_grid, reference_grid_mask, target_embedding
 from persam.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,36 +45,36 @@ def test_location_prior_xy_convention():
     sim = torch.zeros(3, 5)
     sim[2, 4] = 1.0
     sim[1, 0] = -1.0
-    points, labels = core.location_prior(sim)
+    points, labels = location_prior(sim)
     assert points.tolist() == [[4, 2], [0, 1]] and labels.tolist() == [1, 0]
     assert points.dtype == np.int64 and labels.dtype == np.int64
 
 
 def test_location_prior_ties_take_the_lowest_index():
     sim = torch.zeros(4, 6)
-    points, _ = core.location_prior(sim)
+    points, _ = location_prior(sim)
     assert points.tolist() == [[0, 0], [0, 0]]
     sim[3, 1] = sim[1, 4] = sim[2, 2] = 5.0
     sim[3, 5] = sim[0, 3] = -5.0
-    points, labels = core.location_prior(sim, topk=3)
+    points, labels = location_prior(sim, topk=3)
     # Positives in decreasing similarity, ties in row-major order; one negative appended.
     assert points.tolist() == [[4, 1], [2, 2], [1, 3], [3, 0]]
     assert labels.tolist() == [1, 1, 1, 0]
-    points, labels = core.location_prior(sim, topk=2, negative=False)
+    points, labels = location_prior(sim, topk=2, negative=False)
     assert points.tolist() == [[4, 1], [2, 2]] and labels.tolist() == [1, 1]
 
 
 def test_location_prior_rejects_batches():
     with pytest.raises(ValueError, match=r"\[H, W\]"):
-        core.location_prior(torch.zeros(2, 3, 4))
+        location_prior(torch.zeros(2, 3, 4))
 
 
 # ------------------------------------------------------------------------------------- boxes
 @settings(max_examples=60, deadline=None)
 @given(arrays(bool, st.tuples(st.integers(1, 12), st.integers(1, 12))))
 def test_mask_box_matches_nonzero(mask):
-    box = core.mask_box(mask)
-    boxes, nonempty = core.mask_boxes(torch.from_numpy(mask)[None])
+    box = mask_box(mask)
+    boxes, nonempty = mask_boxes(torch.from_numpy(mask)[None])
     if not mask.any():
         assert box is None and not bool(nonempty[0]) and boxes[0].tolist() == [-1, -1, -1, -1]
         return
@@ -83,8 +87,8 @@ def test_mask_box_matches_nonzero(mask):
 def test_mask_box_single_pixel_is_inclusive():
     m = np.zeros((5, 7), bool)
     m[3, 6] = True
-    assert core.mask_box(m).tolist() == [6, 3, 6, 3]
-    assert core.mask_box(torch.from_numpy(m)).tolist() == [6, 3, 6, 3]
+    assert mask_box(m).tolist() == [6, 3, 6, 3]
+    assert mask_box(torch.from_numpy(m)).tolist() == [6, 3, 6, 3]
 
 
 # ------------------------------------------------------------------------ reference geometry
@@ -92,40 +96,40 @@ def test_reference_grid_mask_cell_geometry(model):
     # A 1024x1024 image is not resized: cell (i, j) samples pixels 16i+7 / 16i+8 (rows and cols).
     m = np.zeros((1024, 1024), bool)
     m[16 * 10 : 16 * 11, 16 * 20 : 16 * 21] = True  # exactly cell (10, 20)
-    grid = core.reference_grid_mask(model, m)
+    grid = reference_grid_mask(model, m)
     assert grid.shape == (64, 64) and grid.dtype == torch.bool
     assert torch.nonzero(grid).tolist() == [[10, 20]]
     half = np.zeros((1024, 1024), bool)
     half[16 * 10 + 8 : 16 * 11 + 8, 16 * 20 : 16 * 21] = True  # half of cells (10, 20) and (11, 20)
     with pytest.raises(MaskTooSmallError, match="reference mask too small"):
-        core.reference_grid_mask(model, half)
-    loose = core.reference_grid_mask(model, half, coverage_threshold=0.4)
+        reference_grid_mask(model, half)
+    loose = reference_grid_mask(model, half, coverage_threshold=0.4)
     assert torch.nonzero(loose).tolist() == [[10, 20], [11, 20]]
-    cov = core.reference_coverage_grid(model, half)
+    cov = reference_coverage_grid(model, half)
     assert cov[10, 20].item() == pytest.approx(0.5) and cov[11, 20].item() == pytest.approx(0.5)
 
 
 def test_reference_grid_mask_never_selects_padding(model):
     # A 512 x 1024 image fills rows 0..511 of the padded frame; the rest is padding.
     full = np.ones((512, 1024), bool)
-    grid = core.reference_grid_mask(model, full)
+    grid = reference_grid_mask(model, full)
     assert grid[:32].all() and not grid[32:].any()
     # Even with the threshold at 0 the padding is never selected.
-    assert not core.reference_grid_mask(model, full, coverage_threshold=0.0)[32:].any()
+    assert not reference_grid_mask(model, full, coverage_threshold=0.0)[32:].any()
 
 
 def test_reference_grid_mask_ignores_mask_encoding(model):
     rng = np.random.default_rng(0)
     m = rng.random((200, 300)) < 0.7
-    a = core.reference_grid_mask(model, m)
-    b = core.reference_grid_mask(model, m.astype(np.uint8))
-    c = core.reference_grid_mask(model, m.astype(np.uint8) * 255)
+    a = reference_grid_mask(model, m)
+    b = reference_grid_mask(model, m.astype(np.uint8))
+    c = reference_grid_mask(model, m.astype(np.uint8) * 255)
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_reference_grid_mask_rejects_bad_arguments(model):
     with pytest.raises(ValueError, match="mask_value"):
-        core.reference_grid_mask(model, np.ones((8, 8), bool), mask_value=0)
+        reference_grid_mask(model, np.ones((8, 8), bool), mask_value=0)
 
 
 # ------------------------------------------------------------------------ target embedding
@@ -135,48 +139,48 @@ def test_target_embedding_reductions():
     grid = torch.zeros(2, 3, 3, dtype=torch.bool)
     grid[0, 0, 1] = grid[0, 2, 2] = grid[1, 1, 0] = True
     cells = np.stack([feats[0, :, 0, 1].numpy(), feats[0, :, 2, 2].numpy(), feats[1, :, 1, 0].numpy()])
-    feat, emb = core.target_embedding(feats, grid)
+    feat, emb = target_embedding(feats, grid)
     mean = cells.mean(0)
     np.testing.assert_allclose(emb.reshape(-1).numpy(), mean, atol=1e-6)
     np.testing.assert_allclose(feat.reshape(-1).numpy(), mean / np.linalg.norm(mean), atol=1e-6)
     assert feat.shape == (1, 4) and emb.shape == (1, 1, 4)
-    feat2, emb2 = core.target_embedding(feats, grid, reduce="mean_max")
+    feat2, emb2 = target_embedding(feats, grid, reduce="mean_max")
     mm = cells.max(0) / 2 + mean / 2
     np.testing.assert_allclose(feat2.reshape(-1).numpy(), mm / np.linalg.norm(mm), atol=1e-6)
     assert torch.equal(emb2, emb)  # the target embedding stays the raw mean
     # Lists of per-reference tensors are pooled the same way.
-    feat3, _ = core.target_embedding([feats[:1], feats[1:]], [grid[0], grid[1]])
+    feat3, _ = target_embedding([feats[:1], feats[1:]], [grid[0], grid[1]])
     assert torch.equal(feat3, feat)
 
 
 def test_target_embedding_errors():
     feats = torch.zeros(1, 4, 3, 3)
     with pytest.raises(MaskTooSmallError):
-        core.target_embedding(feats, torch.zeros(3, 3, dtype=torch.bool))
+        target_embedding(feats, torch.zeros(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="disagree"):
-        core.target_embedding(feats, torch.ones(4, 4, dtype=torch.bool))
+        target_embedding(feats, torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="reduce"):
-        core.target_embedding(feats, torch.ones(3, 3, dtype=torch.bool), reduce="median")
+        target_embedding(feats, torch.ones(3, 3, dtype=torch.bool), reduce="median")
 
 
 # ------------------------------------------------------------------------- attention / sim
 def test_target_guided_attention_shapes_and_constant_map():
     sim = torch.linspace(-1, 1, 50 * 70).reshape(50, 70)
-    attn = core.target_guided_attention(sim)
+    attn = target_guided_attention(sim)
     assert attn.shape == (1, 1, 1, 4096)
     assert (attn > 0).all() and (attn < 1).all()
-    stacked = core.target_guided_attention(torch.stack([sim, -sim]))
+    stacked = target_guided_attention(torch.stack([sim, -sim]))
     assert stacked.shape == (2, 1, 1, 4096)
     assert torch.equal(stacked[:1], attn)
-    flat = core.target_guided_attention(torch.full((30, 40), 0.3))
+    flat = target_guided_attention(torch.full((30, 40), 0.3))
     assert torch.equal(flat, torch.full((1, 1, 1, 4096), 0.5))
 
 
 def test_target_guided_attention_single_pixel_map_is_uniform_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no std() degrees-of-freedom warning
-        one = core.target_guided_attention(torch.full((1, 1), 0.7))
-        stacked = core.target_guided_attention(torch.tensor([[[0.7]], [[-0.2]]]))
+        one = target_guided_attention(torch.full((1, 1), 0.7))
+        stacked = target_guided_attention(torch.tensor([[[0.7]], [[-0.2]]]))
     assert torch.equal(one, torch.full((1, 1, 1, 4096), 0.5))
     assert torch.equal(stacked, torch.full((2, 1, 1, 4096), 0.5))
 
@@ -185,12 +189,12 @@ def test_aligned_attention_for_non_square_images(model):
     img = coffee_image()  # 100 x 150: fills 683 of 1024 rows
     model.set_image(img)
     feat = torch.nn.functional.normalize(model.features[0, :, 10, 10], dim=0)[None]
-    grid, sim = core.similarity_map(model, feat)
+    grid, sim = similarity_map(model, feat)
     assert grid.shape == (1, 1, 64, 64) and sim.shape == img.shape[:2]
     # Cosine similarity of the chosen cell with itself is 1 and it is the grid maximum.
     assert grid[0, 0, 10, 10].item() == pytest.approx(1.0, abs=1e-5)
-    straight = core.target_guided_attention(sim).reshape(64, 64)
-    aligned = core.target_guided_attention(sim, backbone=model).reshape(64, 64)
+    straight = target_guided_attention(sim).reshape(64, 64)
+    aligned = target_guided_attention(sim, backbone=model).reshape(64, 64)
     std = (sim - sim.mean()) / torch.std(sim)
     floor = torch.sigmoid(std.min())
     # Cells over the padding (rows >= 43) get the bias of the least similar pixel ...
@@ -268,11 +272,9 @@ def test_batched_cascade_equals_single(model, image):
     labels = torch.tensor([[1, 0], [1, 0]])
     attn = torch.rand(2, 1, 1, 4096, generator=torch.Generator().manual_seed(0))
     emb = torch.randn(2, 1, 32, generator=torch.Generator().manual_seed(1))
-    both = core.cascaded_refinement(model, pts, labels, attn, emb)
+    both = cascaded_refinement(model, pts, labels, attn, emb)
     for b in range(2):
-        one = core.cascaded_refinement(
-            model, pts[b : b + 1], labels[b : b + 1], attn[b : b + 1], emb[b : b + 1]
-        )
+        one = cascaded_refinement(model, pts[b : b + 1], labels[b : b + 1], attn[b : b + 1], emb[b : b + 1])
         for s_both, s_one in zip(both.stages, one.stages, strict=True):
             assert torch.allclose(s_both.scores[b], s_one.scores[0], atol=1e-5)
             assert torch.allclose(s_both.low_res_logits[b], s_one.low_res_logits[0], atol=1e-5)
@@ -390,7 +392,7 @@ def test_persam_f_empty_refinement2_keeps_refinement1(model, image, learned):
     res, calls = _run(model, image, learned["persam_f"], empty_calls={2})
     assert calls == [1, 1, 1] and res.final_stage == "refine1" and res.found
     # Refinement 1 was prompted with the box of the blended mask.
-    assert res.box.tolist() == core.mask_box(res.stages[0].mask).tolist()
+    assert res.box.tolist() == mask_box(res.stages[0].mask).tolist()
 
 
 def test_fallback_is_per_prompt_set(model, image, learned):

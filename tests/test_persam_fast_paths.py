@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from persam.personalize import core
-from persam.pipelines.video import VideoTracker, _Object
+from persam.personalize.cascade import CascadeResult, Stage, finish_cascade, mask_areas
+from persam.personalize.prior import location_prior, similarity_map, similarity_maps, unit_embedding
 from persam.registry import build_model
+from persam.tracking import merge_object_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +41,7 @@ def reference_location_prior(sim: torch.Tensor, topk: int, negative: bool) -> tu
 
 
 def _assert_same_prior(sim: torch.Tensor, topk: int, negative: bool) -> None:
-    points, labels = core.location_prior(sim, topk=topk, negative=negative)
+    points, labels = location_prior(sim, topk=topk, negative=negative)
     want_points, want_labels = reference_location_prior(sim, topk, negative)
     assert points.tolist() == want_points.tolist()
     assert labels.tolist() == want_labels.tolist()
@@ -109,7 +110,7 @@ def test_postprocess_and_mask_areas_equal_the_reference_computation(model, h, w)
     assert fast.is_contiguous() and torch.equal(fast, reference)
     single = _official_postprocess(low[:1, :1], model.input_size, model.original_size)
     assert torch.equal(model.postprocess(low[:1, :1]), single)
-    areas = core.mask_areas(model, low)
+    areas = mask_areas(model, low)
     assert areas.dtype == torch.int64
     assert torch.equal(areas, model.binarize(reference).sum(dim=(-2, -1)))
 
@@ -120,16 +121,16 @@ def test_similarity_maps_equal_one_map_per_object(model):
     feats = torch.nn.functional.normalize(
         torch.from_numpy(rng.normal(size=(3, 32)).astype(np.float32)), dim=1
     )
-    grids, sims = core.similarity_maps(model, feats, unit=core.unit_embedding(model.features))
+    grids, sims = similarity_maps(model, feats, unit=unit_embedding(model.features))
     assert grids.shape == (3, 1, 64, 64) and sims.shape == (3, 70, 110)
     for k in range(3):
-        grid, sim = core.similarity_map(model, feats[k : k + 1])
+        grid, sim = similarity_map(model, feats[k : k + 1])
         torch.testing.assert_close(grids[k : k + 1], grid, rtol=0, atol=1e-6)
         torch.testing.assert_close(sims[k], sim, rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- cascade bookkeeping
-def reference_finish_cascade(stages: list[core.Stage]) -> core.CascadeResult:
+def reference_finish_cascade(stages: list[Stage]) -> CascadeResult:
     """The plain per-prompt-set loop."""
     first = stages[0]
     b = first.active.numel()
@@ -146,10 +147,10 @@ def reference_finish_cascade(stages: list[core.Stage]) -> core.CascadeResult:
                 scores[i] = st_.best_score[i]
                 names[i] = st_.name
                 boxes[i] = -1 if st_.box_prompt is None else st_.box_prompt[i].round().to(torch.int64)
-    return core.CascadeResult(masks, scores, masks.flatten(1).any(dim=1), boxes, names, stages)
+    return CascadeResult(masks, scores, masks.flatten(1).any(dim=1), boxes, names, stages)
 
 
-def _stage(name: str, active: list[bool], nonempty: list[bool], with_box: bool, seed: int) -> core.Stage:
+def _stage(name: str, active: list[bool], nonempty: list[bool], with_box: bool, seed: int) -> Stage:
     g = torch.Generator().manual_seed(seed)
     b = len(active)
     mask = torch.rand(b, 6, 7, generator=g) > 0.5
@@ -159,7 +160,7 @@ def _stage(name: str, active: list[bool], nonempty: list[bool], with_box: bool, 
             mask[i] = False
     scores = torch.rand(b, 3, generator=g)
     box = (torch.rand(b, 4, generator=g) * 6).round() if with_box else None
-    return core.Stage(
+    return Stage(
         name=name,
         active=torch.tensor(active),
         low_res_logits=torch.zeros(b, 3, 2, 2),
@@ -183,7 +184,7 @@ def test_finish_cascade_equals_the_per_set_loop(patterns):
         _stage(name, p[:b], p[b:], with_box=k > 0, seed=k)
         for k, (name, p) in enumerate(zip(("step1", "refine1", "refine2"), patterns, strict=True))
     ]
-    got = core.finish_cascade(stages)
+    got = finish_cascade(stages)
     want = reference_finish_cascade(stages)
     assert torch.equal(got.masks, want.masks)
     assert torch.equal(got.scores, want.scores)
@@ -193,16 +194,14 @@ def test_finish_cascade_equals_the_per_set_loop(patterns):
 
 
 # ------------------------------------------------------------------------------------ merge
-def test_tracker_merge_is_an_argmax_over_a_zero_background(model):
+def test_tracker_merge_is_an_argmax_over_a_zero_background():
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(3, 40, 50, generator=g) * 2).round()  # many exact ties, zeros included
-    tracker = VideoTracker(model)
-    tracker._size = (40, 50)
-    tracker.objects = [_Object(oid, torch.zeros(1, 32)) for oid in (7, 2, 9)]
+    object_ids = (7, 2, 9)
     for slots in ([0, 1, 2], [2], [0, 2]):
-        got = tracker._merge({s: (0.0, logits[s]) for s in slots})
+        got = merge_object_logits([logits[s] for s in slots], [object_ids[s] for s in slots], (40, 50))
         stacked = torch.cat([torch.zeros(1, 40, 50), logits[slots]])
-        ids = torch.tensor([0] + [tracker.objects[s].object_id for s in slots], dtype=torch.uint8)
+        ids = torch.tensor([0] + [object_ids[s] for s in slots], dtype=torch.uint8)
         want = ids[stacked.argmax(dim=0)]  # ties go to the first (lower) index
         assert got.dtype == np.uint8 and np.array_equal(got, want.numpy())
-    assert np.array_equal(tracker._merge({}), np.zeros((40, 50), np.uint8))
+    assert np.array_equal(merge_object_logits([], [], (40, 50)), np.zeros((40, 50), np.uint8))

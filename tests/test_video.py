@@ -23,16 +23,12 @@ from torch import nn
 
 from persam.backbones.base import Backbone, DecoderOutput
 from persam.io import InputError
-from persam.pipelines.video import FrameResult, VideoTracker, expand_box, track
+from persam.personalize.boxes import expand_box
+from persam.pipelines.video import VideoTracker, track
+from persam.readers import DAVIS_PALETTE, Prefetcher, davis_sequence, load_first_mask, open_video
 from persam.registry import build_model
-from persam.video_io import (
-    DAVIS_PALETTE,
-    Prefetcher,
-    ResultWriter,
-    davis_sequence,
-    load_first_mask,
-    open_video,
-)
+from persam.tracking import FrameResult
+from persam.writers import LabelMapWriter
 
 H, W = 96, 128
 FPS = 10.0
@@ -181,12 +177,13 @@ def scene():
 def test_follows_objects_keeps_ids_and_handles_an_object_leaving(scene):
     frames, labels = scene
     model = ColourBackbone()
-    events: dict[tuple[str, int, int], object] = {}
-
-    def hook(event, frame, slot, value):
-        events[(event, frame, slot)] = value
-
-    results = list(track(model, frames, labels[0], hook=hook, prefetch=2))
+    results = list(track(model, frames, labels[0], diagnostics=True, prefetch=2))
+    events = {
+        (name, r.index, st.slot): value
+        for r in results[1:]
+        for st in r.diagnostics
+        for name, value in (("box_prompt", st.box_prompt), ("points", (st.points, st.labels)))
+    }
     assert [r.index for r in results] == list(range(len(frames)))
     assert results[0].is_reference and np.array_equal(results[0].label_map, labels[0])
     for r in results:
@@ -239,12 +236,12 @@ def test_official_compat_assigns_boxes_by_position(scene):
     boxes: dict[str, dict[tuple[int, int], object]] = {"official": {}, "fixed": {}}
     results = {}
     for compat in ("official", "fixed"):
-
-        def hook(event, frame, slot, value, compat=compat):
-            if event == "box_prompt":
-                boxes[compat][(frame, slot)] = value
-
-        results[compat] = list(track(ColourBackbone(), frames[:5], labels[0], compat=compat, hook=hook))
+        results[compat] = list(
+            track(ColourBackbone(), frames[:5], labels[0], compat=compat, diagnostics=True)
+        )
+        for r in results[compat][1:]:
+            for st in r.diagnostics:
+                boxes[compat][(r.index, st.slot)] = st.box_prompt
     prev = results["official"][2]
     assert not prev.present[2] and prev.present[3]
     # official: slot 0 (id 2) takes the box of id 3, slot 1 (id 3) the box of id 7; id 7 is not processed.
@@ -301,9 +298,10 @@ def test_small_sam_persam_f(small_sam, scene, one_thread):
     ref = tracker.initialize(frames[0], load_first_mask(labels[0]))
     assert ref.is_reference
     for obj in tracker.objects:
-        assert obj.weights.shape == (3,)
-        assert torch.isclose(obj.weights.sum(), torch.tensor(1.0), atol=1e-5)
-        assert not torch.allclose(obj.weights, torch.full((3,), 1 / 3))  # moved from the start
+        weights = obj.concept.mask_weights
+        assert weights.shape == (3,)
+        assert torch.isclose(weights.sum(), torch.tensor(1.0), atol=1e-5)
+        assert not torch.allclose(weights, torch.full((3,), 1 / 3))  # moved from the start
     with torch.no_grad():
         res = tracker.step(frames[1], 1)
     assert res.label_map.shape == (H, W) and set(res.scores) == {2, 3, 7}
@@ -447,11 +445,11 @@ def test_davis_sequence(tmp_path, scene):
         davis_sequence(tmp_path / "DAVIS", "missing")
 
 
-def test_result_writer_commits_atomically(tmp_path, scene):
+def test_label_map_writer_commits_atomically(tmp_path, scene):
     frames, labels = scene
     out = tmp_path / "out" / "seq"
     overlay = tmp_path / "vis" / "overlay.mp4"
-    with ResultWriter(out, palette=DAVIS_PALETTE, overlay=overlay, fps=12.0, metadata={"video": "x"}) as w:
+    with LabelMapWriter(out, palette=DAVIS_PALETTE, overlay=overlay, fps=12.0, metadata={"video": "x"}) as w:
         for i in range(4):
             w.write(f"{i:05d}", labels[i], frames[i], {"index": i})
             assert not (out / f"{i:05d}.png").exists() and not overlay.exists()  # staged until the end
@@ -471,7 +469,7 @@ def test_result_writer_commits_atomically(tmp_path, scene):
     assert sorted(p.name for p in overlay.parent.iterdir()) == ["overlay.mp4"]
 
 
-def test_result_writer_leaves_nothing_on_error(tmp_path, scene):
+def test_label_map_writer_leaves_nothing_on_error(tmp_path, scene):
     frames, labels = scene
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -479,7 +477,7 @@ def test_result_writer_leaves_nothing_on_error(tmp_path, scene):
     for out in (tmp_path / "new" / "deeper", existing):
         overlay = tmp_path / "ovl" / "o.mp4"
         with pytest.raises(RuntimeError, match="boom"):
-            with ResultWriter(out, overlay=overlay) as w:
+            with LabelMapWriter(out, overlay=overlay) as w:
                 w.write("00000", labels[0], frames[0], {})
                 raise RuntimeError("boom")
         assert not (tmp_path / "new").exists() and not (tmp_path / "ovl").exists()

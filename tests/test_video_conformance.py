@@ -3,7 +3,8 @@
 ``compat="official"`` must reproduce every recorded prompt, score, logit grid and label map (within
 the fixture README's tolerances); ``compat="fixed"`` must differ exactly where the reference's
 ``uint8`` area comparison did not pick the truly largest mask. Decisions the README marks as
-fragile are fed from the fixture; every other decision must come out the same on its own.
+fragile are fed from the fixture (a tracker subclass overriding its decisions); every other
+decision must come out the same on its own (the tracker's diagnostics record both).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from conftest import fixture_dir, load_fixture
 from torch import nn
 
 from persam.io import load_label_map
-from persam.pipelines.video import VideoTracker, track
-from persam.video_io import load_first_mask
+from persam.pipelines.video import track
+from persam.readers import load_first_mask
+from persam.tracking import PerSAMTracker
 
 SCORE_ATOL = 1e-5
 LOW_RES_ATOL = 1e-5
@@ -76,44 +78,67 @@ def _assert_stats(ours: torch.Tensor, ref: torch.Tensor, n: int) -> None:
     torch.testing.assert_close(ours[1:], ref[1:].double(), rtol=1e-5, atol=1e-6)
 
 
-class _Recorder:
-    """Hook recording every event; with ``feed``, imposes the fixture's decisions and records the
-    automatic ones beside them."""
+class _FedTracker(PerSAMTracker):
+    """Imposes the fixture's decisions (similarity points and mask choices), keeping the automatic
+    points beside them; the tracker's diagnostics record every step and automatic choice."""
 
-    def __init__(self, video: dict[str, Any], feed: bool) -> None:
+    def __init__(self, model, video: dict[str, Any], **options: Any) -> None:
+        super().__init__(model, diagnostics=True, **options)
         self.video = video
-        self.feed = feed
+        self.auto_points: dict[tuple[int, int], Any] = {}
+
+    def point_prompts(self, index, slot, sim):
+        self.auto_points[(index, slot)] = super().point_prompts(index, slot, sim)
+        ref = self.video["results"][index]["objects"][slot]
+        return ref["topk_xy"][:2].numpy(), ref["topk_label"][:2].numpy()
+
+    def choose(self, call, index, slots, auto):
+        objects = self.video["results"][index]["objects"]
+        return torch.tensor([int(objects[s][call]["ic_index"]) for s in slots], dtype=torch.int64)
+
+
+class _Recorder:
+    """Every step of every object, keyed ``(event, frame, slot)`` as the tracker's diagnostics
+    give them: ``events`` holds what was used, ``auto`` what the tracker decided on its own."""
+
+    def __init__(self, results: list, tracker: PerSAMTracker) -> None:
         self.events: dict[tuple[str, int, int], Any] = {}
         self.auto: dict[tuple[str, int, int], Any] = {}
+        for r in results[1:]:
+            for st in r.diagnostics:
+                i, j = r.index, st.slot
+                self.events[("points", i, j)] = (st.points, st.labels)
+                self.events[("box_prompt", i, j)] = st.box_prompt
+                for call, rec in st.calls.items():
+                    info = {"scores": rec.scores, "low_res": rec.low_res}
+                    if rec.areas is not None:
+                        info["areas"] = rec.areas
+                    if rec.box is not None:
+                        info["box"] = rec.box
+                    self.events[(call, i, j)] = info
+                    if rec.choice is not None:
+                        k = call[-1]
+                        self.events[(f"choice{k}", i, j)] = rec.choice
+                        self.auto[(f"choice{k}", i, j)] = rec.auto_choice
+                if st.logits is not None:
+                    self.events[("logits", i, j)] = st.logits
+        for key, value in getattr(tracker, "auto_points", {}).items():
+            self.auto[("points", *key)] = value
 
-    def __call__(self, event: str, frame: int, slot: int, value: Any) -> Any:
-        self.events[(event, frame, slot)] = value
-        if not self.feed:
-            return None
-        ref = self.video["results"][frame]["objects"][slot]
-        self.auto[(event, frame, slot)] = value
-        if event == "points":
-            xy = ref["topk_xy"][:2].numpy()
-            return xy, ref["topk_label"][:2].numpy()
-        if event == "choice1":
-            return int(ref["call1"]["ic_index"])
-        if event == "choice2":
-            return int(ref["call2"]["ic_index"])
-        if event == "choice3":
-            return int(ref["call3"]["ic_index"])
-        return None
 
-
-def _run(model, video: dict[str, Any], compat: str, feed: bool) -> tuple[list, _Recorder, VideoTracker]:
+def _run(model, video: dict[str, Any], compat: str, feed: bool) -> tuple[list, _Recorder, PerSAMTracker]:
     frames = video["frames"].numpy()
     first = load_first_mask(video["gt_labels"][0].numpy())
-    rec = _Recorder(video, feed)
-    tracker = VideoTracker(model, compat=compat, topk=int(video["args"]["topk"]), hook=rec)
+    topk = int(video["args"]["topk"])
+    if feed:
+        tracker = _FedTracker(model, video, compat=compat, topk=topk)
+    else:
+        tracker = PerSAMTracker(model, compat=compat, topk=topk, diagnostics=True)
     results = [tracker.initialize(frames[0], first, 0)]
     with torch.no_grad():
         for i in range(1, len(frames)):
             results.append(tracker.step(frames[i], i))
-    return results, rec, tracker
+    return results, _Recorder(results, tracker), tracker
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +161,9 @@ def test_reference_features_match(tiny, video, official_fed):
     _, _, tracker = official_fed
     assert [o.object_id for o in tracker.objects] == video["object_labels"].tolist()
     for obj, ref in zip(tracker.objects, video["objects"], strict=True):
-        torch.testing.assert_close(obj.target_feat.reshape(1, -1), ref["fore_feat"], atol=FEAT_ATOL, rtol=0)
+        torch.testing.assert_close(
+            obj.concept.target_feat.reshape(1, -1), ref["fore_feat"], atol=FEAT_ATOL, rtol=0
+        )
     # The whole video costs one encoder pass per frame, the first frame included.
     assert tiny.model.image_encoder.calls >= len(video["frames"])
 

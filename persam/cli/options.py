@@ -230,6 +230,7 @@ def read_references(args: argparse.Namespace) -> References:
     """Reads ``--ref`` / ``--ref-mask`` / ``--ref-points`` / ``--ref-box``; bad input is a
     :class:`CommandError` naming the file or option."""
     from persam.io import as_image, load_reference
+    from persam.personalize.prompts import box_misses_image, points_outside
 
     refs, masks = list(args.ref), list(args.ref_mask)
     ref_points, rest = split_points(args.ref_points)
@@ -261,18 +262,13 @@ def read_references(args: argparse.Namespace) -> References:
     if ref_points:
         out.points = np.array([[x, y] for x, y, _ in ref_points], np.float64)
         out.labels = np.array([lab for _, _, lab in ref_points], np.int64)
-        inside = (
-            (out.points[:, 0] >= 0)
-            & (out.points[:, 0] < w)
-            & (out.points[:, 1] >= 0)
-            & (out.points[:, 1] < h)
-        )
-        if not inside.all():
-            x, y = out.points[int(np.argmin(inside))]
+        outside = points_outside(out.points, (h, w))
+        if outside.any():
+            x, y = out.points[int(np.argmax(outside))]
             raise CommandError(f"--ref-points: point {x:g},{y:g} lies outside {refs[0]} ({w}x{h} pixels)")
     if args.ref_box:
         out.box = np.array(args.ref_box, np.float64)
-        if out.box[0] >= w or out.box[1] >= h or out.box[2] <= 0 or out.box[3] <= 0:
+        if box_misses_image(out.box, (h, w)):
             raise CommandError(f"--ref-box: box lies outside {refs[0]} ({w}x{h} pixels)")
     return out
 

@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from persam.io import InputError, check_output_dir
-    from persam.pipelines.video import track
-    from persam.video_io import DAVIS_PALETTE, ResultWriter, load_first_mask, open_video
+    from persam.pipelines.video import track_to_folder
+    from persam.readers import frame_size, load_first_mask, open_video
 
     try:
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
@@ -137,43 +137,34 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.video}: --start {args.start} is beyond the end ({info.num_frames} frames)"
             )
         masks = args.mask or [default_mask(args.video)]
-        first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=_frame_size(source, args.start))
+        first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=frame_size(source, args.start))
         model = load_model(args)
         total = None if info.num_frames is None else len(range(args.start, info.num_frames, args.stride))
         meta = {
             "video": str(args.video),
             "mask": [str(m) for m in masks],
-            "object_ids": first.object_ids,
             "method": args.method,
             "compat": args.compat,
             "model": model.name,
-            "fps": info.fps,
-            "start": args.start,
-            "stride": args.stride,
         }
-        palette = first.palette or list(DAVIS_PALETTE)
-        results = track(
-            model,
-            source,
-            first,
-            method=args.method,
-            compat=args.compat,
-            start=args.start,
-            stride=args.stride,
-            topk=args.topk,
-            box_margin=args.box_margin,
-            keep_images=args.overlay is not None,
-        )
-        with ResultWriter(
-            args.output, palette, args.overlay, info.fps / args.stride, metadata=meta
-        ) as writer:
-            bar = tqdm(results, total=total, unit="frame", desc=_PROG, disable=args.quiet, file=sys.stderr)
-            n = 0
-            for res in bar:
-                name = info.frame_name(res.index)
-                record = dict(res.to_record(), name=name)
-                writer.write(name, res.label_map, res.image, record)
-                n += 1
+        bar = tqdm(total=total, unit="frame", desc=_PROG, disable=args.quiet, file=sys.stderr)
+        try:
+            summary = track_to_folder(
+                model,
+                source,
+                first,
+                args.output,
+                overlay=args.overlay,
+                method=args.method,
+                compat=args.compat,
+                start=args.start,
+                stride=args.stride,
+                topk=args.topk,
+                box_margin=args.box_margin,
+                metadata=meta,
+                on_frame=lambda _: bar.update(1),
+            )
+        finally:
             bar.close()
     except (CommandError, InputError) as e:
         return fail(_PROG, one_line(e))
@@ -181,18 +172,5 @@ def run(args: argparse.Namespace) -> int:
         if "source" in locals():
             source.close()
     where = f"{args.output}" + (f" and {args.overlay}" if args.overlay is not None else "")
-    print(f"{_PROG}: {n} frame(s), {len(first.object_ids)} object(s) -> {where}")
+    print(f"{_PROG}: {summary.frames} frame(s), {len(first.object_ids)} object(s) -> {where}")
     return 0
-
-
-def _frame_size(source, start: int) -> tuple[int, int]:
-    """``(H, W)`` of the video frames (decodes the first tracked frame if the source does not say)."""
-    if source.info.size is None:
-        frames = source.frames(start, 1)
-        try:
-            next(frames, None)
-        finally:
-            frames.close()
-    if source.info.size is None:
-        raise CommandError(f"{source.info.source}: no frame at index {start}")
-    return source.info.size

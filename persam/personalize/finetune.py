@@ -22,9 +22,8 @@ Few-shot: with several references, the loss is the mean of the per-reference los
 reference's loss being dice + focal on its own pixels); with one reference it is exactly the
 one-shot loss.
 
-Inference (:func:`persam_f_cascade`): the blended *original-size* logits give the first mask and
-its box, the blended *low-res* logits are the mask prompt of refinement 1 (with that box), and
-refinement 2 uses the box and logits of refinement 1's best mask.
+:func:`fit_reference_weights` runs the whole fit for a concept being learned; inference with the
+learned weights is :func:`persam.personalize.cascade.persam_f_cascade`.
 """
 
 from __future__ import annotations
@@ -39,16 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from persam.backbones.base import Backbone
-from persam.personalize.core import (
-    CascadeResult,
-    Stage,
-    as_prompt_tensors,
-    binarize,
-    finish_cascade,
-    location_prior,
-    refine,
-    similarity_map,
-)
+from persam.personalize.prior import location_prior, similarity_map
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -332,64 +322,50 @@ def naive_logits_fn(backbone: Backbone, points: np.ndarray, labels: np.ndarray) 
     return run
 
 
-# ---------------------------------------------------------------------------------- inference
-@dataclass
-class WeightedStage(Stage):
-    """PerSAM-F's first stage: the decoder's 3 masks blended with the learned weights.
-
-    ``low_res_logits`` ``[B, 1, 256, 256]`` and ``logits`` ``[B, H, W]`` hold the blended logits,
-    ``scores`` ``[B, 1]`` the blended IoU; the raw decoder output is kept in ``raw_low_res_logits``
-    ``[B, 3, 256, 256]`` and ``raw_scores`` ``[B, 3]``.
-    """
-
-    raw_low_res_logits: torch.Tensor | None = None
-    raw_scores: torch.Tensor | None = None
-
-
-def weighted_first_step(
-    backbone: Backbone, points: torch.Tensor, labels: torch.Tensor, mask_weights: torch.Tensor
-) -> WeightedStage:
-    """PerSAM-F step 1 for ``B`` prompt sets: one positive point, 3 masks, blended with
-    ``mask_weights [B or 1, 3]`` at both resolutions."""
-    dev = backbone.device
-    b = points.shape[0]
-    out = backbone.decode(points.to(dev), labels.to(dev), multimask_output=True)
-    w = torch.as_tensor(mask_weights, dtype=torch.float32, device=dev).reshape(-1, 3).expand(b, 3)
-    high = backbone.postprocess(out.low_res_logits)
-    blended_high = (high * w[:, :, None, None]).sum(1)
-    blended_low = (out.low_res_logits * w[:, :, None, None]).sum(1, keepdim=True)
-    scores = (out.iou_predictions * w).sum(1, keepdim=True)
-    return WeightedStage(
-        name="weighted",
-        active=torch.ones(b, dtype=torch.bool),
-        low_res_logits=blended_low,
-        scores=scores,
-        best_idx=torch.zeros(b, dtype=torch.int64),
-        logits=blended_high,
-        mask=binarize(backbone, blended_high),
-        raw_low_res_logits=out.low_res_logits,
-        raw_scores=out.iou_predictions,
-    )
-
-
-def persam_f_cascade(
+def fit_reference_weights(
     backbone: Backbone,
-    points: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray,
-    mask_weights: torch.Tensor,
-) -> CascadeResult:
-    """PerSAM-F inference for ``B`` prompt sets on the current image.
+    images: Sequence[np.ndarray | None],
+    masks: Sequence[np.ndarray],
+    target_feat: torch.Tensor,
+    *,
+    steps: int = 1000,
+    lr: float = 1e-3,
+    engine: str = "fast",
+    progress: bool = False,
+) -> tuple[FitResult, list[list[list[int]]]]:
+    """PerSAM-F's fit for a concept being learned from ``N`` references.
 
-    1. blended step: one positive point, 3 masks blended with ``mask_weights [B, 3]``; the blended
-       original-size logits give a mask and its box;
-    2. refinement 1: points + that box + the blended low-res logits as ``mask_input``;
-    3. refinement 2: points + box of the refinement-1 best mask + its low-res logits.
+    Args:
+        backbone: with the last reference image set (the others are encoded again).
+        images: per reference ``uint8 [H, W, 3]`` (the last may be None: it is the current image).
+        masks: per reference bool ``[H, W]``.
+        target_feat: ``[1, C]`` the concept's normalised feature.
 
-    A refinement whose box cannot be formed (empty mask) is skipped and the last non-empty mask is
-    kept (the reference implementation fails there).
+    Returns:
+        ``(fit, training points)``: the optimisation result and, per reference, the ``(x, y)``
+        training point(s).
     """
-    points, labels = as_prompt_tensors(points, labels)
-    s1 = weighted_first_step(backbone, points, labels, mask_weights)
-    r1 = refine(backbone, "refine1", points, labels, s1, with_box=True)
-    r2 = refine(backbone, "refine2", points, labels, r1, with_box=True)
-    return finish_cascade([s1, r1, r2])
+    if engine == "naive" and len(masks) != 1:
+        raise ValueError("engine='naive' supports a single reference")
+    last = len(masks) - 1
+    prompts: dict[int, TrainingPrompt] = {}
+    for i in [last, *range(last)]:
+        if i != last:
+            backbone.set_image(images[i])
+        prompts[i] = reference_training_logits(backbone, target_feat)
+    ordered = [prompts[i] for i in range(len(masks))]
+    if engine == "naive":  # one reference, still the current image
+        source: Sequence[torch.Tensor] | Callable[[], torch.Tensor] = naive_logits_fn(
+            backbone, ordered[0].points, ordered[0].labels
+        )
+    else:
+        source = [p.high_res_logits for p in ordered]
+    fit = fit_mask_weights(
+        source,
+        [torch.from_numpy(np.asarray(m)) for m in masks],
+        steps=steps,
+        lr=lr,
+        engine=engine,
+        progress=progress,
+    )
+    return fit, [p.points.tolist() for p in ordered]

@@ -3,7 +3,9 @@
 * :func:`persam.pipelines.image_set.segment_image_set` — segment a concept in every image of a set
   and write masks / overlays / COCO results.
 * :func:`persam.pipelines.video.track` — track the objects of a first-frame mask through a video
-  (one image-encoder pass per frame, one batched decoder call per step for all objects).
+  (one image-encoder pass per frame, one batched decoder call per step for all objects);
+  :func:`persam.pipelines.video.track_to_folder` — the same, written as DAVIS label maps (and an
+  overlay video), atomically.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ _EXPORTS = {
     "segment_image_set": "persam.pipelines.image_set",
     "ImageSetSummary": "persam.pipelines.image_set",
     "track": "persam.pipelines.video",
+    "track_to_folder": "persam.pipelines.video",
+    "TrackSummary": "persam.pipelines.video",
     "VideoTracker": "persam.pipelines.video",
     "FrameResult": "persam.pipelines.video",
 }
