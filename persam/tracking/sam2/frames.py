@@ -5,7 +5,7 @@ Preprocessing (official video loader): PIL bicubic resize of the uint8 RGB frame
 the image predictor's torch bilinear resize.
 
 :class:`FrameReader` decodes frames only when the tracker asks for them, from a video file, a
-folder, an array, a :class:`~persam.video_io.FrameSource` or any iterable of frames, and holds at
+folder, an array, a :class:`~persam.readers.FrameSource` or any iterable of frames, and holds at
 most one decoded frame: random access where the source allows it (files, folders, arrays),
 strictly forward reading for plain iterables.
 """
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from persam.io import InputError
-from persam.video_io import FrameSource, open_video
+from persam.readers import FrameSource, open_video
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)

@@ -12,7 +12,7 @@ import torch
 from persam.io import InputError
 from persam.tracking.sam2.frames import FrameReader, VideoInput
 from persam.tracking.sam2.session import VideoSession
-from persam.video_io import FirstMask, load_first_mask
+from persam.readers import FirstMask, load_first_mask
 
 
 @dataclass
@@ -91,7 +91,7 @@ def track(
         backbone_or_model: a SAM 2 model or backbone.
         video: a video file, a folder of frames, an array, or any iterable of ``uint8 [H, W, 3]``.
         first_masks: ``{obj_id: mask [H, W]}``, a label map / mask PNG / list of masks (see
-            :func:`persam.video_io.load_first_mask`) or a :class:`~persam.video_io.FirstMask`.
+            :func:`persam.readers.load_first_mask`) or a :class:`~persam.readers.FirstMask`.
         num_frames: the video length when ``video`` is a stream that does not tell it. The official
             model normalises the temporal encoding of object pointers by ``min(num_frames, 16) - 1``;
             an unknown length is taken as at least 16 frames, which gives the official numbers
