@@ -231,6 +231,9 @@ def create(
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "interactive" and not hasattr(cvataa, "InteractionFunctionSpec"):
+        # The interaction protocol came with cvat-sdk 2.75; detection and tracking are older.
+        raise InputError("this cvat-sdk has no interactive protocol: pip install 'cvat-sdk>=2.75'")
     loaded = None
     if mode == "detect":
         if concept is None and (ref is None or ref_mask is None):
