@@ -788,8 +788,10 @@ def test_example_track_video(tiny, tmp_path, capsys) -> None:
     argv = [frames, tmp_path / "first.png", "-o", tmp_path / "out", "--model", tiny["config"]]
     example.main([str(a) for a in [*argv, "--checkpoint", tiny["ckpt0"]]])
     assert "frame 2:" in capsys.readouterr().out
-    written = sorted((tmp_path / "out").iterdir())
+    written = sorted(p for p in (tmp_path / "out").iterdir() if p.suffix == ".png")
     assert [p.name for p in written] == ["00000.png", "00001.png", "00002.png"]
+    # The per-frame scores are committed last: their presence marks the folder as complete.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".png") == ["scores.json"]
     im = Image.open(written[0])
     assert im.mode == "P" and im.size == (64, 48)
     np.testing.assert_array_equal(np.asarray(im) == 1, first == 1)  # the given first-frame mask

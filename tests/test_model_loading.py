@@ -213,7 +213,12 @@ def test_checkpoint_build_on_cuda_has_every_tensor_there(family, tmp_path, monke
 def test_random_test_models_are_buildable_by_name_but_not_listed():
     from persam.registry import random_model_config, random_model_names
 
-    assert random_model_names() == ["tiny_random_efficient_sam", "tiny_random_mobile_sam", "tiny_random_sam"]
+    assert random_model_names() == [
+        "tiny_random_efficient_sam",
+        "tiny_random_mobile_sam",
+        "tiny_random_sam",
+        "tiny_random_sam2",
+    ]
     assert not set(random_model_names()) & set(list_models())
     for name in random_model_names():
         bb = build_model(name, checkpoint="none")
