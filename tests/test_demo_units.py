@@ -279,3 +279,15 @@ def test_targets_with_the_same_name_keep_both_results(tmp_path: Path) -> None:
 
     with zipfile.ZipFile(res.zip_path) as zf:
         assert sorted(zf.namelist()) == ["photo.png", "photo_2.png"]
+
+
+def test_tiny_random_sam2_serves_both_flows(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    engine = demo.DemoEngine(demo.ModelCache(), work_dir=tmp_path / "work")
+    settings = demo.ModelSettings("tiny_random_sam2", "none", "cpu")
+    Image.fromarray(disc_scene()).save(tmp_path / "t.png")
+    res = engine.segment_images(settings, disc_scene(), disc_mask(), "persam", [str(tmp_path / "t.png")])
+    assert res.summary == "Segmented 1 image(s) with PerSAM." and len(res.targets) == 1
+    labels = disc_mask().astype(np.uint8)
+    video = engine.track_video(settings, str(disc_video(tmp_path / "clip.avi")), labels, "persam")
+    assert video.summary == "Tracked 1 object(s) over 6 frame(s)."
