@@ -1,4 +1,4 @@
-"""The web demo (apps/demo.py), started on 127.0.0.1 and driven with gradio_client.
+"""The web demo (apps/demo/), started on 127.0.0.1 and driven with gradio_client.
 
 A small random model serves every request (its masks are meaningless), so these tests check what
 the page returns — images, videos and zips of the right sizes and counts, readable messages for
@@ -56,7 +56,11 @@ class Data:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
-    d = tmp_path_factory.mktemp("demo-data")
+    return make_data(tmp_path_factory.mktemp("demo-data"))
+
+
+def make_data(d: Path) -> Data:
+    """Reference, mask, three targets of two sizes, a clip and its first-frame label map, bad files."""
     Image.fromarray(disc_scene()).save(d / "ref.png")
     Image.fromarray(disc_mask().astype(np.uint8) * 255).save(d / "ref_mask.png")
     sizes = {"a.png": (W, H), "b.jpg": (W, H), "c.png": (112, 80)}
@@ -182,7 +186,7 @@ def test_page_shows_the_random_model_banner(server: Server) -> None:
 
 
 def test_segment_images_with_a_mask_image(server: Server, data: Data) -> None:
-    gallery, zip_path, status = segment(server, data.ref, data.ref_mask, targets=data.targets)
+    gallery, zip_path, coco_path, status = segment(server, data.ref, data.ref_mask, targets=data.targets)
     assert status == "Segmented 3 image(s) with PerSAM."
     assert len(gallery) == 3
     for item, target in zip(gallery, data.targets, strict=True):
@@ -193,15 +197,15 @@ def test_segment_images_with_a_mask_image(server: Server, data: Data) -> None:
 
 
 def test_reference_embedding_and_concept_are_reused(server: Server, data: Data) -> None:
-    _, _, status = segment(server, data.ref, data.ref_mask, targets=data.targets[:1])
+    _, _, _, status = segment(server, data.ref, data.ref_mask, targets=data.targets[:1])
     assert status.startswith("Segmented 1 image(s)")
     learned = server.engine.concepts_learned
     assert learned >= 1
     for targets in (data.targets[1:], data.targets[:1]):
-        _, _, status = segment(server, data.ref, data.ref_mask, targets=targets)
+        _, _, _, status = segment(server, data.ref, data.ref_mask, targets=targets)
         assert status.startswith("Segmented")
     assert server.engine.concepts_learned == learned  # same reference: learned once, reused
-    _, _, status = segment(server, data.ref, data.ref_mask, method="PerSAM-F", targets=data.targets[:1])
+    _, _, _, status = segment(server, data.ref, data.ref_mask, method="PerSAM-F", targets=data.targets[:1])
     assert server.engine.concepts_learned == learned + 1  # another method is another concept
 
 
@@ -219,7 +223,7 @@ def test_reference_mask_from_clicks(server: Server, data: Data) -> None:
 
 
 def test_segment_images_from_clicks_with_persam_f(server: Server, data: Data) -> None:
-    gallery, zip_path, status = segment(
+    gallery, zip_path, coco_path, status = segment(
         server, data.ref, clicks="[[60, 45, 1]]", method="PerSAM-F", targets=data.targets[:2]
     )
     assert status == "Segmented 2 image(s) with PerSAM-F."
@@ -264,26 +268,26 @@ def test_track_video_from_clicks_on_two_objects(server: Server, data: Data) -> N
 
 
 def test_bad_image_inputs_give_messages_and_the_app_keeps_serving(server: Server, data: Data) -> None:
-    gallery, zip_path, status = segment(server, data.ref, targets=data.targets[:1])
+    gallery, zip_path, coco_path, status = segment(server, data.ref, targets=data.targets[:1])
     assert_error(status, "no reference mask")
-    assert gallery == [] and zip_path is None
+    assert gallery == [] and zip_path is None and coco_path is None
 
-    _, _, status = segment(server, data.ref, data.ref_mask)
+    _, _, _, status = segment(server, data.ref, data.ref_mask)
     assert_error(status, "at least one target")
 
-    _, _, status = segment(server, data.ref, data.ref_mask, targets=[data.text_file])
+    _, _, _, status = segment(server, data.ref, data.ref_mask, targets=[data.text_file])
     assert_error(status, "notes.txt", "not a readable image")
 
-    _, _, status = segment(server, data.text_file, data.ref_mask, targets=data.targets[:1])
+    _, _, _, status = segment(server, data.text_file, data.ref_mask, targets=data.targets[:1])
     assert_error(status, "reference photo", "not a readable image")
 
-    _, _, status = segment(server, data.ref, data.targets[2], targets=data.targets[:1])  # 112x80 mask
+    _, _, _, status = segment(server, data.ref, data.targets[2], targets=data.targets[:1])  # 112x80 mask
     assert_error(status, "reference mask is 112x80")
 
-    _, _, status = segment(server, data.ref, clicks="[[60, 45]]", targets=data.targets[:1])
+    _, _, _, status = segment(server, data.ref, clicks="[[60, 45]]", targets=data.targets[:1])
     assert_error(status, "[x, y, label]")
 
-    gallery, zip_path, status = segment(
+    gallery, zip_path, coco_path, status = segment(
         server, data.ref, data.ref_mask, targets=[data.text_file, data.targets[0]]
     )
     assert status.startswith("Segmented 1 image(s)") and "notes.txt (not a readable image)" in status
@@ -307,247 +311,3 @@ def test_bad_video_inputs_give_messages_and_the_app_keeps_serving(server: Server
 
     _, zip_path, status = track(server, data.video, data.first_mask)
     assert status == "Tracked 2 object(s) over 6 frame(s)."
-
-
-def test_missing_checkpoint_is_a_message_not_a_stack_trace(
-    tmp_path: Path, data: Data, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PERSAM_HOME", str(tmp_path / "empty-cache"))
-    app, srv = start(tmp_path / "work", random_model=False)
-    try:
-        f = gradio_client.handle_file
-        for checkpoint, words in (
-            ("", ("no checkpoint for sam_vit_h in the cache", "persam weights download sam_vit_h")),
-            (str(tmp_path / "nope.pth"), ("checkpoint file not found", "nope.pth")),
-        ):
-            _, _, status = srv.client.predict(
-                f(str(data.ref)),
-                f(str(data.ref_mask)),
-                "",
-                "PerSAM",
-                [f(str(data.targets[0]))],
-                "sam_vit_h",
-                checkpoint,
-                "cpu",
-                api_name="/segment_images",
-            )
-            assert_error(status, *words)
-        _, _, status = srv.client.predict(
-            f(str(data.video)), f(str(data.first_mask)), "", "PerSAM", "efficient_sam_vit_t", "", "auto",
-            api_name="/track_video",
-        )  # fmt: skip
-        assert_error(status, "persam weights download efficient_sam_vit_t")
-    finally:
-        app.close()
-
-
-@pytest.fixture(scope="module")
-def model_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small SAM config (windowed attention only, so one encoder pass takes milliseconds)."""
-    path = tmp_path_factory.mktemp("configs") / "tiny_sam.json"
-    path.write_text(json.dumps({**demo.RANDOM_MODEL_CONFIG, "name": "tiny_json_sam"}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def config_server(tmp_path_factory: pytest.TempPathFactory, model_config: Path):
-    """The app as ``python -m apps.demo --model CONFIG.json --checkpoint none --device cpu`` starts it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    argv = ["--model", str(model_config), "--checkpoint", "none", "--device", "cpu"]
-    app, srv = start(tmp_path_factory.mktemp("demo-config-work"), random_model=False, argv=argv)
-    try:
-        yield srv
-    finally:
-        app.close()
-        torch.set_num_threads(threads)
-
-
-def test_model_config_json_with_random_weights_serves_the_images_flow(
-    config_server: Server, data: Data, model_config: Path
-) -> None:
-    info = config_server.client.view_api(print_info=False, return_format="dict")
-    params = {p["label"]: p for p in info["named_endpoints"]["/segment_images"]["parameters"]}
-    assert params["Model"]["parameter_default"] == str(model_config)
-    assert params["Precision"]["parameter_default"] == "float32"
-    with urllib.request.urlopen(config_server.url.rstrip("/") + "/config", timeout=10) as r:
-        config = json.loads(r.read().decode("utf-8"))
-    dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "model")
-    assert str(model_config) in [value for _, value in dropdown["props"]["choices"]]
-
-    gallery, zip_path, status = segment(
-        config_server, data.ref, data.ref_mask, targets=data.targets, settings=()
-    )
-    assert status.startswith("Segmented 3 image(s) with PerSAM.")
-    assert "masks are meaningless" in status  # random weights: said with every result
-    assert len(gallery) == 3
-    assert_mask_zip(zip_path, data.target_sizes)
-    model = config_server.engine.cache.get(demo.ModelSettings(str(model_config), "none", "cpu"))
-    assert model.name == "tiny_json_sam" and model.checkpoint_id.startswith("random:")
-
-    view, mask_path, status = config_server.client.predict(
-        gradio_client.handle_file(str(data.ref)), "[[60, 45, 1]]", api_name="/reference_mask"
-    )
-    assert status.startswith("Reference mask:") and "masks are meaningless" in status
-    with Image.open(mask_path) as im:
-        assert im.size == (W, H)
-
-
-def test_bfloat16_precision_is_used_and_cached_separately(
-    config_server: Server, data: Data, model_config: Path
-) -> None:
-    cache = config_server.engine.cache
-    settings = (str(model_config), "none", "cpu")
-    _, _, status = segment(
-        config_server, data.ref, data.ref_mask, targets=data.targets[:1], settings=settings
-    )
-    assert status.startswith("Segmented 1 image(s)")
-    fp32 = cache.get(demo.ModelSettings(*settings, "float32"))
-    gallery, zip_path, status = segment(
-        config_server, data.ref, data.ref_mask, targets=data.targets[:2], settings=(*settings, "bfloat16")
-    )
-    assert status.startswith("Segmented 2 image(s)") and "⚠️ Unexpected" not in status
-    assert len(gallery) == 2
-    assert_mask_zip(zip_path, {t.name: data.target_sizes[t.name] for t in data.targets[:2]})
-    bf16 = cache.get(demo.ModelSettings(*settings, "bfloat16"))
-    assert bf16 is not fp32 and bf16.dtype == torch.bfloat16 and fp32.dtype == torch.float32
-
-
-def test_bad_model_values_give_messages_and_the_app_keeps_serving(
-    tmp_path: Path, data: Data, model_config: Path
-) -> None:
-    torch.set_num_threads(1)
-    app, srv = start(tmp_path / "work", random_model=False, argv=["--model", "sam_vit_q", "--device", "cpu"])
-    try:
-        _, _, status = segment(srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=())
-        assert_error(status, "unknown model 'sam_vit_q'", "sam_vit_b", "tiny_random_sam", "json")
-
-        not_json = tmp_path / "broken.json"
-        not_json.write_text('{"image_encoder": ')
-        not_sam = tmp_path / "other.json"
-        not_sam.write_text('{"layers": 3}')
-        for model, checkpoint, words in (
-            (str(tmp_path / "missing.json"), "none", ("model config file not found", "missing.json")),
-            (str(not_json), "none", ("broken.json", "not valid json")),
-            (str(not_sam), "none", ("other.json", "unrecognised model config")),
-            (str(model_config), "", ("no official checkpoint", "none")),  # a config has no cached file
-            ("tiny_random_sam", "auto", ("tiny_random_sam has no official checkpoint",)),
-        ):
-            _, _, status = segment(
-                srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=(model, checkpoint, "cpu")
-            )
-            assert_error(status, *words)
-
-        gallery, _, status = segment(
-            srv,
-            data.ref,
-            data.ref_mask,
-            targets=data.targets[:1],
-            settings=("tiny_random_sam", "none", "cpu"),
-        )
-        assert status.startswith("Segmented 1 image(s)") and "masks are meaningless" in status
-        assert len(gallery) == 1
-    finally:
-        app.close()
-
-
-# ---------------------------------------------------------------------------- functions, no server
-def test_parse_clicks() -> None:
-    assert demo.parse_clicks("") == []
-    assert demo.parse_clicks("[[1, 2.5, 1], [3, 4, 0]]") == [(1.0, 2.5, 1), (3.0, 4.0, 0)]
-    assert demo.parse_clicks("[[1, 2, 1, 3]]", with_object=True) == [(1.0, 2.0, 1, 3)]
-    for bad in ("[[1, 2]]", "[[1, 2, 5]]", "{}", "[[1, 2, true]]", "nope", '[["a", 2, 1]]'):
-        with pytest.raises(demo.DemoError):
-            demo.parse_clicks(bad)
-    with pytest.raises(demo.DemoError, match="Object ids"):
-        demo.parse_clicks("[[1, 2, 1, 0]]", with_object=True)
-
-
-def test_brush_labels_map_colours_to_objects() -> None:
-    layer = np.zeros((H, W, 4), np.uint8)
-    layer[10:20, 10:20] = (*demo.davis_colour(1), 255)
-    layer[30:40, 50:60] = (*demo.davis_colour(2), 128)  # a soft stroke still counts
-    layer[50:52, 5:7] = (200, 10, 10, 255)  # closest to object 1's dark red
-    value = {"background": disc_scene(), "layers": [layer], "composite": disc_scene()}
-    colours = [demo.davis_colour(k) for k in range(1, 7)]
-    labels = demo.brush_labels(value, colours)
-    assert labels.shape == (H, W)
-    assert (labels[10:20, 10:20] == 1).all() and (labels[30:40, 50:60] == 2).all()
-    assert (labels[50:52, 5:7] == 1).all()
-    assert int((labels > 0).sum()) == 100 + 100 + 4
-    np.testing.assert_array_equal(demo.brush_mask(value), labels > 0)
-    assert demo.brush_mask({"background": disc_scene(), "layers": [np.zeros((H, W, 4), np.uint8)]}) is None
-    assert demo.editor_background(value).shape == (H, W, 3)
-
-
-def test_command_line_defaults_are_local_and_private() -> None:
-    args = demo.parse_args([])
-    assert (args.host, args.port, args.share, args.random_model) == ("127.0.0.1", 7860, False, False)
-    args = demo.parse_args(["--host", "0.0.0.0", "--port", "8000", "--random-model"])
-    assert (args.host, args.port, args.share, args.random_model) == ("0.0.0.0", 8000, False, True)
-    assert (args.model, args.checkpoint, args.dtype) == ("sam_vit_b", "", "float32")
-    args = demo.parse_args(["--model", "cfg/my_sam.json", "--checkpoint", "none", "--dtype", "bfloat16"])
-    assert (args.model, args.checkpoint, args.dtype) == ("cfg/my_sam.json", "none", "bfloat16")
-    with pytest.raises(SystemExit):
-        demo.parse_args(["--dtype", "float8"])
-
-
-def test_model_dropdown_lists_registry_random_and_given_models() -> None:
-    values = [value for _, value in demo.model_choices("sam_vit_b")]
-    assert values[: len(demo.MODEL_CHOICES)] == demo.MODEL_CHOICES
-    assert {"tiny_random_sam", "tiny_random_mobile_sam", "tiny_random_efficient_sam"} <= set(values)
-    assert values.count("sam_vit_b") == 1
-    assert [value for _, value in demo.model_choices("cfg/my_sam.json")][-1] == "cfg/my_sam.json"
-
-
-def test_clicks_reuse_the_reference_embedding(tmp_path: Path) -> None:
-    engine = demo.DemoEngine(demo.ModelCache(random_model=True), work_dir=tmp_path)
-    settings = demo.ModelSettings("sam_vit_b")
-    model = engine.cache.get(settings)
-    encoded = []
-    original = model._encode_image
-    model._encode_image = lambda image: (encoded.append(image.shape), original(image))[1]
-    img = disc_scene()
-    for clicks in ([(60, 45, 1)], [(60, 45, 1), (5, 90, 0)], [(60, 45, 1), (5, 90, 0), (70, 50, 1)]):
-        assert engine.mask_from_clicks(settings, img, clicks).shape == (H, W)
-    assert encoded == [(H, W, 3)]
-    with pytest.raises(demo.DemoError, match="outside"):
-        engine.mask_from_clicks(settings, img, [(W + 5, 10, 1)])
-    with pytest.raises(demo.DemoError, match="positive"):
-        engine.mask_from_clicks(settings, img, [(10, 10, 0)])
-
-
-def test_track_video_reports_progress_frame_by_frame(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
-    engine = demo.DemoEngine(demo.ModelCache(random_model=True), work_dir=tmp_path / "work")
-    labels = np.zeros((H, W), np.uint8)
-    labels[disc_mask()] = 3
-    seen: list[tuple[float, str]] = []
-    res = engine.track_video(
-        demo.ModelSettings("sam_vit_b"),
-        str(disc_video(tmp_path / "clip.avi")),
-        labels,
-        "persam",
-        progress=lambda fraction, text: seen.append((fraction, text)),
-    )
-    assert res.frames == 6 and res.summary == "Tracked 1 object(s) over 6 frame(s)."
-    assert [round(f, 3) for f, _ in seen] == [round(k / 6, 3) for k in range(1, 7)]
-    assert seen[-1][1] == "frame 6 of 6"
-
-
-def test_unavailable_device_and_unknown_model_are_messages(tmp_path: Path) -> None:
-    if not torch.cuda.is_available():
-        with pytest.raises(demo.DemoError, match="cuda is not available"):
-            demo.resolve_device("cuda")
-    assert demo.resolve_device("cpu") == "cpu"
-    with pytest.raises(demo.DemoError, match="Unknown model"):
-        demo.resolve_checkpoint_path("sam_vit_x", "")
-    with pytest.raises(demo.DemoError, match="Checkpoint file not found"):
-        demo.resolve_checkpoint_path("sam_vit_b", str(tmp_path / "missing.pth"))
-    ckpt = tmp_path / "given.pth"
-    ckpt.write_bytes(b"")
-    assert demo.resolve_checkpoint_path("sam_vit_b", f"  {ckpt}  ") == ckpt
-    assert demo.resolve_checkpoint_path("tiny_random_sam", " None ") is None
-    assert demo.resolve_dtype(" BFloat16 ") == "bfloat16"
-    with pytest.raises(demo.DemoError, match="Unknown precision 'float8'"):
-        demo.resolve_dtype("float8")

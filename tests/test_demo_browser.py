@@ -3,12 +3,15 @@
 Images: a click on Segment without a reference shows a message; then upload a reference, click on
 the object (the mask is drawn live), add targets, run, and the gallery shows one overlay per
 target. Video: an undecodable upload shows a message; then upload a clip, click on an object in its
-first frame, track, and the overlay video plays. Screenshots go to ``test-artifacts/``. Deselect
-with ``-m "not browser"``.
+first frame, track, and the overlay video plays. Examples: picking the example of each tab fills in
+every step (reference mask or marked objects shown at once), and running it gives results and
+downloads. Screenshots go to ``test-artifacts/``. Deselect with ``-m "not browser"``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -80,6 +83,8 @@ def page(browser, url: str):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
+    # Assertions wait as long as actions: on a busy machine a model call can take seconds.
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)
     page.goto(url)
     sync_api.expect(page.locator("#banner")).to_contain_text("meaningless")
     try:
@@ -183,3 +188,55 @@ def test_video_upload_click_track_plays(page, files) -> None:
         assert len([n for n in zf.namelist() if n.endswith(".png")]) == 6
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "demo_video.png"), full_page=True)
+
+
+def test_images_example_fills_every_step_and_segments(page) -> None:
+    expect = sync_api.expect
+    status = page.locator("#status-images")
+    page.locator("#image-examples").get_by_text("sticker").click()
+    # The reference mask is drawn as soon as the example is picked, before anything is segmented.
+    expect(status).to_contain_text("This is what will be learned")
+    expect(status).to_contain_text("from the example's mask")
+    expect(page.locator("#ref-image img").first).to_be_visible()
+    expect(page.locator("#targets")).to_contain_text("no_sticker")
+    page.locator("#run-images").click()
+    expect(status).to_contain_text("Segmented 3 image(s) with PerSAM.")
+    expect(page.locator("#gallery img")).to_have_count(3)
+    expect(page.locator("#gallery")).to_contain_text("sticker_cat.jpg — score")
+    table = page.locator("#results-table")  # every score and found / not found, in full
+    for name in ("sticker_astronaut.jpg", "sticker_cat.jpg", "no_sticker.jpg"):
+        expect(table.locator("tr", has_text=name)).to_contain_text(re.compile(r"-?\d+\.\d{3}\s+(not )?found"))
+    with page.expect_download() as download:
+        page.locator("#masks-zip").click()
+    with zipfile.ZipFile(download.value.path()) as zf:
+        assert sorted(zf.namelist()) == ["no_sticker.png", "sticker_astronaut.png", "sticker_cat.png"]
+    with page.expect_download() as download:
+        page.locator("#coco-json").click()
+    coco = json.loads(Path(download.value.path()).read_text())
+    names = {im["file_name"] for im in coco["images"]}
+    assert names == {"no_sticker.jpg", "sticker_astronaut.jpg", "sticker_cat.jpg"}
+    assert "Traceback" not in page.content()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo_images_example.png"), full_page=True)
+
+
+def test_video_example_marks_the_ball_and_tracks_it(page) -> None:
+    expect = sync_api.expect
+    status = page.locator("#status-video")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-examples").get_by_text("rolling ball").click()
+    expect(status).to_contain_text("1 object(s) marked")
+    expect(page.locator("#frame img").first).to_be_visible()
+    page.locator("#run-video").click()
+    # Twelve frames take a while on a busy CPU: the status shows the progress meanwhile.
+    expect(status).to_contain_text("Tracked 1 object(s) over 12 frame(s).", timeout=4 * TIMEOUT_MS)
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#video-out video'); return v && v.readyState >= 1; }"
+    )
+    assert 1 < page.locator("#video-out video").evaluate("v => v.duration") < 3  # 12 frames at 8 fps
+    with page.expect_download() as download:
+        page.locator("#video-zip").click()
+    with zipfile.ZipFile(download.value.path()) as zf:
+        assert len([n for n in zf.namelist() if n.endswith(".png")]) == 12
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "demo_video_example.png"), full_page=True)
