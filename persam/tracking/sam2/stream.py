@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from persam.io import InputError
+from persam.readers import FirstMask, load_first_mask
 from persam.tracking.sam2.frames import FrameReader, VideoInput
 from persam.tracking.sam2.session import VideoSession
-from persam.readers import FirstMask, load_first_mask
 
 
 @dataclass
