@@ -144,7 +144,17 @@ def test_registry_entries() -> None:
         "mobile_sam_vit_t",
         "efficient_sam_vit_t",
         "efficient_sam_vit_s",
+        *(f"{v}_hiera_{size}" for v in ("sam2", "sam2.1") for size in ("t", "s", "b+", "l")),
     }
+    # SAM 2 files and addresses as the official download script names them; no digest is published.
+    for name, file, release in (
+        ("sam2.1_hiera_t", "sam2.1_hiera_tiny.pt", "092824"),
+        ("sam2.1_hiera_b+", "sam2.1_hiera_base_plus.pt", "092824"),
+        ("sam2_hiera_l", "sam2_hiera_large.pt", "072824"),
+    ):
+        info = w.get_info(name)
+        assert info.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/{release}/{file}"
+        assert info.filename == file and info.sha256 is None and not info.zipped
     h = w.get_info("sam_vit_h")
     assert h.url == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
     assert h.sha256 == "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"
