@@ -90,12 +90,15 @@ def ray_session(options: RayOptions) -> Iterator[Session]:
     t0 = time.perf_counter()
     started_here = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if options.address is None:
-            kwargs.update(num_cpus=options.num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
-            kwargs["_node_ip_address"] = "127.0.0.1"  # a local cluster stays on the loopback
-        else:
-            kwargs["address"] = options.address
+            kwargs: dict[str, Any] = {
+                "num_cpus": options.num_cpus,
+                "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
+                "include_dashboard": False,
+                "_node_ip_address": "127.0.0.1",  # a cluster for this command only: loopback
+            }
+        else:  # a running cluster has its own resources, which ray.init refuses to be told
+            kwargs = {"address": options.address}
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -121,14 +124,16 @@ def ray_session(options: RayOptions) -> Iterator[Session]:
 
 
 def actor_pool_args(options: RayOptions, session: Session) -> dict[str, Any]:
-    """``map_batches`` arguments of the model actors: a fixed pool, the resources of each, and
-    restarts, so that a lost actor is replaced and its batch is run again."""
+    """``map_batches`` arguments of the model actors: a fixed pool and the resources of each.
+
+    A lost actor is replaced and its batch run again by Ray Data's own defaults for actor pools
+    (``max_restarts=-1``, ``max_task_retries=-1``); outputs are written atomically, so a batch run
+    twice leaves the same files.
+    """
     ray = import_ray()
     args: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(size=options.actors),
         "num_cpus": session.cpus_per_actor,
-        "max_restarts": -1,
-        "max_task_retries": -1,
     }
     if options.gpus_per_actor > 0:
         args["num_gpus"] = options.gpus_per_actor

@@ -268,8 +268,13 @@ def segment_dataset(
                         fn_constructor_kwargs=ctor,
                         **actor_pool_args(options, session),
                     )
-                    for row in ds.iter_rows():
-                        run.add(row)
+                    rows_out = iter(ds.iter_rows())
+                    try:
+                        for row in rows_out:
+                            run.add(row)
+                    finally:
+                        # Stops the pipeline now, also on an interrupt, so that no actor outlives the call.
+                        getattr(rows_out, "close", lambda: None)()
             finally:
                 run.finish()
         summary.seconds = time.perf_counter() - t0

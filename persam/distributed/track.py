@@ -21,8 +21,9 @@ import numpy as np
 
 from persam.distributed.cluster import RayOptions, actor_pool_args, import_ray, ray_session
 from persam.distributed.segment import model_spec
-from persam.distributed.storage import Destination, exists, fetch, is_uri, join_uri
+from persam.distributed.storage import Destination, exists, fetch, is_uri, join_uri, split_uri
 from persam.errors import InputError
+from persam.pipelines.image_set import output_names
 from persam.writers import LabelMapWriter
 
 
@@ -58,10 +59,11 @@ class TrackDatasetSummary:
         )
 
 
-def video_name(video: str) -> str:
-    """The output sub-folder of a video: its folder name or its file name without suffix."""
-    base = video.rstrip("/").rsplit("/", 1)[-1]
-    return base if "." not in base else base.rsplit(".", 1)[0]
+def video_names(videos: Sequence[str]) -> list[str]:
+    """The output sub-folder of each video: its path below the deepest folder holding all of them,
+    without suffix (``JPEGImages/480p/bear`` -> ``bear``; ``a/clip.mp4``, ``b/clip.mp4`` -> ``a/clip``,
+    ``b/clip``), as image outputs are named."""
+    return output_names([split_uri(v)[1] if is_uri(v) else v for v in videos])
 
 
 def video_jobs(
@@ -70,7 +72,7 @@ def video_jobs(
     """One job per video with output ``OUT/<video name>``; ``masks[i]``: a mask or a list of masks."""
     if len(videos) != len(masks):
         raise InputError(f"{len(videos)} videos but {len(masks)} first-frame masks")
-    names = [video_name(str(v)) for v in videos]
+    names = video_names([str(v) for v in videos])
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise InputError(f"two videos are named {dup!r}: their outputs would share a folder")
@@ -203,7 +205,12 @@ def track_dataset(
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 TrackActor, batch_size=1, fn_constructor_kwargs=ctor, **actor_pool_args(options, session)
             )
-            results = {int(r["index"]): r for r in ds.iter_rows()}
+            rows_out = iter(ds.iter_rows())
+            try:
+                results = {int(r["index"]): r for r in rows_out}
+            finally:
+                # Stops the pipeline now, also on an interrupt, so that no actor outlives the call.
+                getattr(rows_out, "close", lambda: None)()
         for i in todo:
             row = results[i]
             if row["message"]:
