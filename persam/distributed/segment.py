@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -229,7 +230,7 @@ def segment_dataset(
         raise InputError(f"{targets}: no images found")
     payload, learned = concept_bytes(concept)
     fingerprint = concept_fingerprint(learned, concept_name, max_instances)
-    emit = log or (lambda msg: print(msg, flush=True))
+    emit = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     staging = Path(tempfile.mkdtemp(prefix="persam-results-")) if "://" in str(out_dir) else None
     summary = DatasetSummary()
     try:

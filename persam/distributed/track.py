@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -179,7 +180,7 @@ def track_dataset(
         num_cpus=num_cpus,
         progress=progress,
     )
-    emit = log or (lambda msg: print(msg, flush=True))
+    emit = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     summary = TrackDatasetSummary()
     todo = []
     for i, job in enumerate(jobs):
