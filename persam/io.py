@@ -8,6 +8,7 @@ RGB-coloured PNGs, transparent cut-outs) become boolean or integer label maps. E
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -76,15 +77,34 @@ def image_to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 def load_image(path: PathLike) -> np.ndarray:
     """Reads an image file as ``uint8 [H, W, 3]`` RGB, applying its EXIF orientation."""
-    im = _open(path)
+    return _pil_to_rgb(_open(path), str(path))
+
+
+def load_image_bytes(data: bytes, name: str) -> np.ndarray:
+    """Decodes the bytes of an image file exactly as :func:`load_image` reads the file (``name``
+    stands for the file in messages)."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except UnidentifiedImageError as e:
+        # Worded as PIL words it for a file, so both readers report a bad file the same way.
+        raise InputError(
+            f"{name}: cannot read image ({type(e).__name__}: cannot identify image file {name!r})"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
+    return _pil_to_rgb(im, name)
+
+
+def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return image_to_rgb(np.asarray(im).astype(np.int64), str(path))
+        return image_to_rgb(np.asarray(im).astype(np.int64), name)
     if im.mode == "F":
-        return image_to_rgb(np.asarray(im), str(path))
+        return image_to_rgb(np.asarray(im), name)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels over white, as viewers show them.
         im = im.convert("RGBA")

@@ -80,6 +80,27 @@ def save_overlay(path: PathLike, overlay: np.ndarray, quality: int = 90) -> None
 
 
 # ------------------------------------------------------------------------------------------- COCO
+def coco_entry(masks: Masks) -> dict:
+    """The COCO record of one image without ids: its size and its found, non-empty masks (RLE,
+    score, XYWH box, area). Small and JSON-serialisable, so it can be sent from where the masks
+    were computed to where the results file is written."""
+    height, width = masks.image_size
+    kept = masks[masks.found & (masks.areas > 0)]
+    annotations = [
+        {
+            "segmentation": rle,
+            "score": float(score),
+            "bbox": mask_bbox_xywh(mask),
+            "area": int(area),
+            "iscrowd": 0,
+        }
+        for mask, rle, score, area in zip(
+            kept.masks, kept.to_coco_rle(), kept.scores, kept.areas, strict=True
+        )
+    ]
+    return {"height": int(height), "width": int(width), "annotations": annotations}
+
+
 class CocoResults:
     """A COCO-style results file, updated image by image and written atomically.
 
@@ -125,31 +146,22 @@ class CocoResults:
 
     def add(self, file_name: str, masks: Masks, concept: str) -> None:
         """Records one image and its found, non-empty masks (none: an image with no detection)."""
-        height, width = masks.image_size
+        self.add_entry(file_name, coco_entry(masks), concept)
+
+    def add_entry(self, file_name: str, entry: dict, concept: str) -> None:
+        """Records one image from its :func:`coco_entry` (computed where the masks are)."""
         old = self.images.get(file_name)
         image_id = old["id"] if old else max((im["id"] for im in self.images.values()), default=0) + 1
         self.images[file_name] = {
             "id": image_id,
             "file_name": file_name,
-            "height": int(height),
-            "width": int(width),
+            "height": int(entry["height"]),
+            "width": int(entry["width"]),
         }
         cid = self._category_id(concept)
-        kept = masks[masks.found & (masks.areas > 0)]
         self.annotations[file_name] = [
-            {
-                "image_id": image_id,
-                "category_id": cid,
-                "file_name": file_name,
-                "segmentation": rle,
-                "score": float(score),
-                "bbox": mask_bbox_xywh(mask),
-                "area": int(area),
-                "iscrowd": 0,
-            }
-            for mask, rle, score, area in zip(
-                kept.masks, kept.to_coco_rle(), kept.scores, kept.areas, strict=True
-            )
+            {"image_id": image_id, "category_id": cid, "file_name": file_name, **ann}
+            for ann in entry["annotations"]
         ]
 
     def to_dict(self) -> dict:
@@ -263,6 +275,11 @@ class ImageSetWriter:
     def write(self, name: str, file_name: str, image: np.ndarray, masks: Masks) -> None:
         """Writes the outputs of one segmented image (``image`` uint8 ``[H, W, 3]``): the union of
         ``masks`` as mask / PerSeg PNG and overlay, the found ones as COCO entries."""
+        self.write_files(name, image, masks)
+        self.record(name, file_name, coco_entry(masks) if self.coco is not None else None)
+
+    def write_files(self, name: str, image: np.ndarray, masks: Masks) -> list[Path]:
+        """Writes the per-image files of :meth:`write` (not the COCO and state entries); returns them."""
         mask = masks.union()
         paths = self.file_paths(name)
         if "mask" in paths:
@@ -271,8 +288,13 @@ class ImageSetWriter:
             save_perseg_mask(paths["perseg"], mask)
         if "overlay" in paths:
             save_overlay(paths["overlay"], render_masks(image, masks))
-        if self.coco is not None:
-            self.coco.add(file_name, masks, self.concept_name)
+        return list(paths.values())
+
+    def record(self, name: str, file_name: str, entry: dict | None) -> None:
+        """Records a written image in the COCO results (``entry``: its :func:`coco_entry`) and the
+        state file; both are saved now and then and by :meth:`flush`."""
+        if self.coco is not None and entry is not None:
+            self.coco.add_entry(file_name, entry, self.concept_name)
         if self.fingerprint is not None:
             self.state.setdefault(name, {}).update(dict.fromkeys(self.save, self.fingerprint))
         self._dirty = self.coco is not None or self.fingerprint is not None

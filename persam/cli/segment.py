@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from persam.cli.engine import add_engine_arguments, check_engine, list_targets, ray_segmenter
 from persam.cli.options import (
     EXIT_PARTIAL,
     CommandError,
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "done (bad argument, reference, model or output folder).",
     )
     parser.add_argument("targets", nargs="*", metavar="TARGET", help="image files, folders or glob patterns")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (ray: or URI)")
     add_reference_arguments(parser)
     parser.add_argument(
         "--concept",
@@ -77,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
+    add_engine_arguments(parser, what="images")
     parser.set_defaults(func=run)
 
 
@@ -128,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
             )
         # Check everything cheap before loading the model.
         save = parse_save(args.save)
-        images = list_images(args.targets)
+        check_engine(args)
+        images = list_images(args.targets) if args.engine == "local" else list_targets(args)
         if not images:
             raise CommandError(f"{', '.join(args.targets)}: no images found")
-        check_output_dir(args.output)  # created when the first result is written
+        if "://" not in args.output:
+            check_output_dir(args.output)  # created when the first result is written
         concept_name = default_concept_name(args)
         try:
             check_concept_name(concept_name, save)
@@ -146,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
             concept = load_concept(args.concept, model)
         else:
             concept = learn_concept(model, refs, args.method, name=concept_name, progress=not args.quiet)
-        summary = segment_image_set(
+        segment = segment_image_set if args.engine == "local" else ray_segmenter(args)
+        summary = segment(
             concept,
             images,
             args.output,

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from persam.cli.engine import add_engine_arguments, check_engine, track_with_ray
 from persam.cli.options import (
     CommandError,
     add_model_arguments,
@@ -39,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Outputs: OUT/NNNNN.png (palette PNG, one per frame; frame folders keep their file "
         "names), OUT/scores.json, and the --overlay video. Nothing is written if the run fails.",
     )
-    parser.add_argument("video", type=Path, metavar="VIDEO_OR_DIR", help="video file or folder of frames")
+    parser.add_argument(
+        "video",
+        nargs="+",
+        metavar="VIDEO_OR_DIR",
+        help="video file or folder of frames (several, one output folder each, with --engine ray)",
+    )
     parser.add_argument(
         "--mask",
         action="append",
@@ -84,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
+    add_engine_arguments(parser, what="videos")
     parser.set_defaults(func=run)
 
 
@@ -123,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
     from persam.pipelines.video import track_to_folder
     from persam.readers import frame_size, load_first_mask, open_video
 
+    if args.engine == "ray":
+        return track_with_ray(args, _PROG)
     try:
+        check_engine(args)
+        if len(args.video) > 1:
+            raise CommandError("several videos need --engine ray (or one command per video)")
+        args.video = Path(args.video[0])
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
             raise CommandError(f"--overlay {args.overlay}: use a .mp4 or .avi file name")
         check_output_dir(args.output)

@@ -1,0 +1,140 @@
+"""``--engine ray`` of ``persam segment`` and ``persam track``: the options and the hand-over to
+:mod:`persam.distributed`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from persam.cli.options import EXIT_ERROR, EXIT_PARTIAL, CommandError, fail, one_line
+from persam.errors import InputError
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number >= 0")
+    return value
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """Adds ``--engine``, ``--ray-address``, ``--actors`` and ``--gpus-per-actor``."""
+    from persam.cli.options import positive_int
+
+    g = parser.add_argument_group("engine")
+    g.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help=f"'ray' spreads the {what} over a Ray cluster (pip install \"persam[ray]\"); default local",
+    )
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to use ('auto' inside 'ray job submit'); default: start a local one",
+    )
+    g.add_argument(
+        "--actors",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="model replicas on the cluster (default 1)",
+    )
+    g.add_argument(
+        "--gpus-per-actor",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="F",
+        help="GPU share of each replica, e.g. 1 or 0.5 (default 0: CPU)",
+    )
+
+
+def check_engine(args: argparse.Namespace) -> None:
+    """Ray options without ``--engine ray`` are a mistake worth naming."""
+    if args.engine != "ray" and (args.ray_address or args.actors != 1 or args.gpus_per_actor):
+        raise CommandError("--ray-address / --actors / --gpus-per-actor need --engine ray")
+
+
+def ray_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "ray_address": args.ray_address,
+        "actors": args.actors,
+        "gpus_per_actor": args.gpus_per_actor,
+        "progress": not args.quiet,
+    }
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "checkpoint": args.checkpoint, "device": args.device, "dtype": args.dtype}
+
+
+def list_targets(args: argparse.Namespace) -> list[str]:
+    """The images of ``args.targets`` (paths or URIs) for the Ray engine."""
+    from persam.distributed.storage import list_sources
+
+    return [s.label for s in list_sources(args.targets)]
+
+
+def ray_segmenter(args: argparse.Namespace) -> Any:
+    """A stand-in for :func:`~persam.pipelines.image_set.segment_image_set` (same arguments) that
+    runs on Ray with the model and cluster options of ``args``."""
+    from persam.distributed import segment_dataset
+
+    def segment(*positional: Any, progress: bool, **kw: Any) -> Any:
+        return segment_dataset(*positional, **kw, **model_options(args), **ray_options(args))
+
+    return segment
+
+
+def track_with_ray(args: argparse.Namespace, prog: str) -> int:
+    """``persam track --engine ray VIDEO...``: one video per task; ``OUT/<video name>/`` for
+    several videos, ``OUT/`` for one (as the local engine)."""
+    from persam.cli.track import default_mask
+    from persam.distributed.track import VideoJob, track_dataset, video_jobs
+
+    try:
+        if args.overlay is not None:
+            raise CommandError("--overlay is not available with --engine ray")
+        videos = [str(v) for v in args.video]
+        if args.mask and len(args.mask) != len(videos) and len(videos) > 1:
+            raise CommandError(
+                f"--mask: give one first-frame mask per video ({len(videos)}) or none for DAVIS folders"
+            )
+        if len(videos) == 1:
+            masks = [[str(m) for m in args.mask] or [str(_default(default_mask, videos[0]))]]
+            jobs = [VideoJob(video=videos[0], masks=tuple(masks[0]), out=str(args.output))]
+        else:
+            masks = [str(m) for m in args.mask] or [str(_default(default_mask, v)) for v in videos]
+            jobs = video_jobs(videos, masks, args.output)
+        summary = track_dataset(
+            jobs,
+            method=args.method,
+            compat=args.compat,
+            start=args.start,
+            stride=args.stride,
+            topk=args.topk,
+            box_margin=args.box_margin,
+            log=lambda msg: print(f"{prog}: {msg}", file=sys.stderr, flush=True),
+            **model_options(args),
+            **ray_options(args),
+        )
+    except (CommandError, InputError) as e:
+        return fail(prog, one_line(e))
+    print(f"{prog}: {summary.line()} -> {args.output}")
+    if summary.failed:
+        return EXIT_PARTIAL if summary.tracked or summary.skipped else EXIT_ERROR
+    return 0
+
+
+def _default(default_mask: Any, video: str) -> Any:
+    from pathlib import Path
+
+    from persam.distributed.storage import is_uri
+
+    if is_uri(video):
+        raise CommandError(f"{video}: give its first-frame mask with --mask")
+    return default_mask(Path(video))
