@@ -25,6 +25,7 @@ import numpy as np
 
 from persam.drawing import render_masks
 from persam.io import InputError, PathLike, ensure_output_dir, save_image, save_png, write_json_atomic
+from persam.locks import locked
 from persam.results import Masks, mask_bbox_xywh
 
 MASK_DIR = "masks"
@@ -33,6 +34,9 @@ COCO_FILE = "coco.json"
 SAVE_KINDS = ("mask", "overlay", "coco", "perseg")
 DEFAULT_SAVE = ("mask", "overlay")
 STATE_FILE = ".persam-state.json"
+# Held while the shared files (COCO, state) are read, merged and rewritten: runs into one folder at
+# the same time (other targets) then add to them instead of replacing each other's entries.
+LOCK_FILE = ".persam-state.lock"
 
 # The PerSeg reference code writes predictions with OpenCV as BGR (0, 0, 128): the red channel holds
 # 128, which is (128, 0, 0) in RGB order.
@@ -168,6 +172,28 @@ class CocoResults:
     def save(self) -> None:
         write_json_atomic(self.path, self.to_dict())
 
+    def merge_save(self, file_names: Sequence[str]) -> None:
+        """Re-reads the file, puts this object's entries of ``file_names`` into it and writes it.
+
+        Another run may have added images since this one read the file; they are kept (and this
+        object learns them). The caller holds the folder's lock.
+        """
+        disk = CocoResults(self.path)
+        names = {cid: name for name, cid in self.categories.items()}
+        for fn in file_names:
+            if fn not in self.images:
+                continue
+            im = self.images[fn]
+            old = disk.images.get(fn)
+            image_id = old["id"] if old else max((i["id"] for i in disk.images.values()), default=0) + 1
+            disk.images[fn] = {**im, "id": image_id}
+            disk.annotations[fn] = [
+                {**a, "image_id": image_id, "category_id": disk._category_id(names[a["category_id"]])}
+                for a in self.annotations.get(fn, [])
+            ]
+        disk.save()
+        self.images, self.annotations, self.categories = disk.images, disk.annotations, disk.categories
+
 
 # ------------------------------------------------------------------------------------- image sets
 def parse_save(save: str | Sequence[str]) -> tuple[str, ...]:
@@ -219,6 +245,7 @@ class ImageSetWriter:
         self.fingerprint = fingerprint
         self.state_path = self.out_dir / STATE_FILE
         self.state = self._read_state()
+        self._changed: set[tuple[str, str]] = set()  # (output name, file name) written since the last flush
         self._dirty = False
         self._saved_at = time.monotonic()
 
@@ -275,6 +302,7 @@ class ImageSetWriter:
             self.coco.add(file_name, masks, self.concept_name)
         if self.fingerprint is not None:
             self.state.setdefault(name, {}).update(dict.fromkeys(self.save, self.fingerprint))
+        self._changed.add((name, file_name))
         self._dirty = self.coco is not None or self.fingerprint is not None
         if self._dirty and time.monotonic() - self._saved_at > _FLUSH_SECONDS:
             self.flush()
@@ -286,9 +314,14 @@ class ImageSetWriter:
         """
         if not self._dirty:
             return
-        if self.coco is not None:
-            self.coco.save()
-        if self.fingerprint is not None:
-            write_json_atomic(self.state_path, {"version": 1, "images": self.state})
+        with locked(self.out_dir / LOCK_FILE):
+            if self.coco is not None:
+                self.coco.merge_save([fn for _, fn in self._changed])
+            if self.fingerprint is not None:
+                state = self._read_state()
+                state.update({name: self.state[name] for name, _ in self._changed if name in self.state})
+                write_json_atomic(self.state_path, {"version": 1, "images": state})
+                self.state = state
+        self._changed.clear()
         self._dirty = False
         self._saved_at = time.monotonic()
