@@ -214,6 +214,47 @@ def check_concept_name(concept_name: str, save: Sequence[str] = DEFAULT_SAVE) ->
         raise InputError(f"concept name {concept_name!r} clashes with the output folder of the same name")
 
 
+def output_paths(
+    out_dir: PathLike, name: str, save: Sequence[str], concept_name: str, overlay_format: str = "jpg"
+) -> dict[str, Path]:
+    """The file each chosen output kind of image ``name`` goes to (COCO: the shared file)."""
+    out = Path(out_dir)
+    paths = {
+        "mask": out / MASK_DIR / f"{name}.png",
+        "overlay": out / OVERLAY_DIR / f"{name}.{overlay_format}",
+        "perseg": out / concept_name / f"{name}.png",
+        "coco": out / COCO_FILE,
+    }
+    return {k: v for k, v in paths.items() if k in save}
+
+
+def check_outputs_not_inputs(
+    out_dir: PathLike,
+    names: Sequence[str],
+    save: Sequence[str],
+    concept_name: str,
+    overlay_format: str,
+    inputs: dict[str, Sequence[PathLike]],
+) -> None:
+    """Raises :class:`~persam.errors.OutputPathError` when an output file would be one of ``inputs``
+    (option -> files), e.g. targets taken from ``OUT/masks``: the run would destroy its own input."""
+    import os
+
+    from persam.errors import OutputPathError
+
+    def key(p: PathLike) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    owners = {key(p): (option, p) for option, paths in inputs.items() for p in paths}
+    for name in names:
+        for out in output_paths(out_dir, name, save, concept_name, overlay_format).values():
+            hit = owners.get(key(out))
+            if hit is not None:
+                raise OutputPathError(
+                    f"{out}: output would overwrite the input {hit[0]} {hit[1]}; choose another output folder"
+                )
+
+
 class ImageSetWriter:
     """Writes the chosen outputs of one image and knows whether they exist already.
 
@@ -263,12 +304,7 @@ class ImageSetWriter:
 
     def file_paths(self, name: str) -> dict[str, Path]:
         """Output file of each chosen file kind (COCO entries live in one shared file)."""
-        paths = {
-            "mask": self.out_dir / MASK_DIR / f"{name}.png",
-            "overlay": self.out_dir / OVERLAY_DIR / f"{name}.{self.overlay_format}",
-            "perseg": self.out_dir / self.concept_name / f"{name}.png",
-        }
-        return {k: v for k, v in paths.items() if k in self.save}
+        return output_paths(self.out_dir, name, self.save, self.concept_name, self.overlay_format)
 
     def outputs_exist(self, name: str, file_name: str) -> bool:
         """True when every chosen output of this image exists (whatever concept wrote it)."""

@@ -109,7 +109,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from persam.io import InputError, check_output_dir, list_images
-    from persam.pipelines.image_set import check_concept_name, parse_save, segment_image_set
+    from persam.pipelines.image_set import (
+        check_concept_name,
+        check_outputs_not_inputs,
+        output_names,
+        parse_save,
+        segment_image_set,
+    )
 
     try:
         points, extra_targets = split_points(args.ref_points)
@@ -137,6 +143,16 @@ def run(args: argparse.Namespace) -> int:
             check_concept_name(concept_name, save)
         except InputError as e:
             raise CommandError(f"--concept-name: {e} (choose another one with --concept-name)") from None
+        inputs = {"--ref": args.ref, "--ref-mask": args.ref_mask, "--concept": [args.concept or ""]}
+        inputs = {k: [p for p in v if p] for k, v in inputs.items()}
+        check_outputs_not_inputs(
+            args.output,
+            output_names(images),
+            save,
+            concept_name,
+            args.overlay_format,
+            {"TARGET": images, **inputs},
+        )
         refs = read_references(args) if args.concept is None else None
         if args.concept is not None and not args.concept.is_file():
             raise CommandError(f"{args.concept}: concept file not found")
@@ -157,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             overlay_format=args.overlay_format,
             progress=not args.quiet,
             log=lambda msg: tqdm.write(f"{_PROG}: {msg}", file=sys.stderr),
+            inputs=inputs,
         )
     except (CommandError, InputError) as e:
         return fail(_PROG, str(e))

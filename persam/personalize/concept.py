@@ -195,6 +195,16 @@ class Concept:
         return concept.bind(model) if model is not None else concept
 
 
+def is_concept_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file written by :meth:`Concept.save` (so replacing it loses nothing
+    the user did not ask to replace)."""
+    try:
+        _read_concept_arrays(Path(path))
+    except InputError:
+        return False
+    return True
+
+
 def _read_concept_arrays(p: Path) -> dict[str, np.ndarray]:
     """The arrays of the ``.npz`` archive ``p``, refusing pickled objects; one-line errors."""
     if not zipfile.is_zipfile(p):

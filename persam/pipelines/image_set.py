@@ -35,6 +35,7 @@ from persam.outputs import (
     STATE_FILE,
     ImageSetWriter,
     check_concept_name,
+    check_outputs_not_inputs,
     parse_save,
 )
 from persam.personalize import Concept, SegmentationResult
@@ -47,6 +48,7 @@ __all__ = [
     "ImageFailure",
     "ImageSetSummary",
     "check_concept_name",
+    "check_outputs_not_inputs",
     "concept_fingerprint",
     "output_names",
     "parse_save",
@@ -148,6 +150,7 @@ def segment_image_set(
     overlay_format: str = "jpg",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    inputs: dict[str, Sequence[PathLike]] | None = None,
 ) -> ImageSetSummary:
     """Segments ``concept`` in every target image and writes the chosen outputs.
 
@@ -164,6 +167,8 @@ def segment_image_set(
         max_instances: passed to :meth:`Concept.segment`.
         progress: show a progress bar on stderr.
         log: receives one line per failed image (default: printed to stderr above the bar).
+        inputs: other files the caller read (option -> paths, e.g. the reference); like the
+            targets, none of them may be an output file.
 
     Returns:
         An :class:`ImageSetSummary`. Raises :class:`InputError` when there is nothing to segment
@@ -173,9 +178,12 @@ def segment_image_set(
     if not paths:
         shown = targets if isinstance(targets, (str, os.PathLike)) else ", ".join(map(str, targets))
         raise InputError(f"{shown}: no images found")
+    names = output_names(paths)
+    check_outputs_not_inputs(
+        out_dir, names, parse_save(save), concept_name, overlay_format, {"TARGET": paths, **(inputs or {})}
+    )
     fingerprint = concept_fingerprint(concept, concept_name, max_instances)
     writer = ImageSetWriter(out_dir, save, concept_name, overlay_format, fingerprint)
-    names = output_names(paths)
     file_names = relative_names(paths)
     segment = _segment_fn(concept, max_instances)
     summary = ImageSetSummary()
