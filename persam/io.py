@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from persam.errors import InputError, OutputPathError
+from persam.pixels import open_within_limit, png_significant_bits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -35,21 +36,27 @@ def _open(path: PathLike) -> Image.Image:
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected an image file")
     try:
-        im = Image.open(p)
+        im = open_within_limit(p)
         im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as e:
         raise InputError(f"{p}: cannot read image ({type(e).__name__}: {e})") from None
     return im
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    """Scales 16-bit / float arrays to uint8 (full range), leaves uint8 alone."""
+def _to_uint8(a: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Scales 16-bit / float arrays to uint8 (full range), leaves uint8 alone.
+
+    Integers are scaled by the ``bits`` the file declares; without it, by 16 bits when a value
+    exceeds 255 (so a 12-bit image in a 16-bit file that does not say so comes out dark).
+    """
     if a.dtype == np.uint8:
         return a
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
     if np.issubdtype(a.dtype, np.integer):
-        maxval = 65535 if a.max(initial=0) > 255 else 255
+        maxval = (1 << bits) - 1 if bits else 65535 if a.max(initial=0) > 255 else 255
         return np.clip(np.round(a.astype(np.float64) * (255.0 / maxval)), 0, 255).astype(np.uint8)
     a = a.astype(np.float64)
     if a.max(initial=0.0) <= 1.0:
@@ -57,8 +64,9 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
-def image_to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Converts an array image (``[H, W]``, ``[H, W, 1|3|4]``, any numeric dtype) to ``uint8 [H, W, 3]``."""
+def image_to_rgb(image: np.ndarray, name: str = "image", bits: int | None = None) -> np.ndarray:
+    """Converts an array image (``[H, W]``, ``[H, W, 1|3|4]``, any numeric dtype) to ``uint8 [H, W, 3]``
+    (``bits``: the significant bits of integer samples, when known)."""
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
@@ -66,7 +74,9 @@ def image_to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(f"{name}: expected an image of shape [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InputError(f"{name}: image is empty ({a.shape[0]}x{a.shape[1]})")
-    a = _to_uint8(a)
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise InputError(f"{name}: image holds NaN or infinite values")
+    a = _to_uint8(a, bits)
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     elif a.shape[2] == 4:
@@ -82,7 +92,8 @@ def load_image(path: PathLike) -> np.ndarray:
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return image_to_rgb(np.asarray(im).astype(np.int64), str(path))
+        bits = png_significant_bits(Path(path)) if im.format == "PNG" else None
+        return image_to_rgb(np.asarray(im).astype(np.int64), str(path), bits)
     if im.mode == "F":
         return image_to_rgb(np.asarray(im), str(path))
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -128,6 +139,11 @@ def load_label_map(path: PathLike) -> np.ndarray:
             # A colour-coded label image: each distinct colour (black = background) is one object.
             flat = a.reshape(-1, a.shape[2])
             colours, inv = np.unique(flat, axis=0, return_inverse=True)
+            if len(colours) > 256:
+                raise InputError(
+                    f"{path}: looks like a colour photo, not a mask ({len(colours)} colours); give a "
+                    "black-and-white, palette or transparent PNG"
+                )
             order = np.argsort([tuple(c) != (0,) * a.shape[2] for c in colours], kind="stable")
             remap = np.empty(len(colours), np.int64)
             remap[order] = np.arange(len(colours))
@@ -150,6 +166,8 @@ def mask_to_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
             raise InputError(f"{name}: expected a mask of shape [H, W] or [H, W, 3], got {a.shape}")
     if a.ndim != 2:
         raise InputError(f"{name}: expected a mask of shape [H, W], got {a.shape}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise InputError(f"{name}: mask holds NaN or infinite values")
     return a.astype(bool) if a.dtype != bool else a.copy()
 
 

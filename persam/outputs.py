@@ -228,6 +228,18 @@ def output_paths(
     return {k: v for k, v in paths.items() if k in save}
 
 
+def check_output_layout(out_dir: PathLike, save: Sequence[str], concept_name: str) -> None:
+    """Raises :class:`InputError` when an output sub-folder of ``out_dir`` is blocked by a file (or
+    ``coco.json`` by a folder): every image would fail, so nothing could be done."""
+    out = Path(out_dir)
+    subs = {"mask": MASK_DIR, "overlay": OVERLAY_DIR, "perseg": concept_name}
+    for kind, sub in subs.items():
+        if kind in save and (out / sub).exists() and not (out / sub).is_dir():
+            raise InputError(f"{out / sub}: is a file, but the {kind} outputs go into a folder of that name")
+    if "coco" in save and (out / COCO_FILE).is_dir():
+        raise InputError(f"{out / COCO_FILE}: is a folder, but the COCO results go into a file of that name")
+
+
 def check_outputs_not_inputs(
     out_dir: PathLike,
     names: Sequence[str],
@@ -279,6 +291,7 @@ class ImageSetWriter:
         if overlay_format not in ("jpg", "png"):
             raise InputError(f"overlay format must be 'jpg' or 'png', got {overlay_format!r}")
         check_concept_name(concept_name, self.save)
+        check_output_layout(out_dir, self.save, concept_name)
         self.out_dir = ensure_output_dir(out_dir)  # after the checks: a refused run creates nothing
         self.concept_name = concept_name
         self.overlay_format = overlay_format

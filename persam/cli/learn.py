@@ -11,8 +11,10 @@ from pathlib import Path
 
 from persam.cli.options import (
     CommandError,
+    add_image_limit_argument,
     add_model_arguments,
     add_reference_arguments,
+    apply_image_limit,
     fail,
     learn_concept,
     load_model,
@@ -41,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing file that is not a concept file"
     )
+    add_image_limit_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar (PerSAM-F fitting)")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 f"-o {args.output}: exists and is not a persam concept file; pass --overwrite to replace it"
             )
         check_output_dir(args.output.parent)  # created by the save
+        apply_image_limit(args)
         refs = read_references(args)
         model = load_model(args, _PROG)
         concept = learn_concept(

@@ -123,6 +123,32 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
         ) from None
 
 
+def add_image_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--max-image-pixels`` (see :mod:`persam.pixels`)."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels (JPEGs are read at reduced size instead); 0 for no limit "
+        "(default: $PERSAM_MAX_IMAGE_PIXELS or 100000000)",
+    )
+
+
+def apply_image_limit(args: argparse.Namespace) -> None:
+    """Puts ``--max-image-pixels`` in force and checks ``$PERSAM_MAX_IMAGE_PIXELS``."""
+    from persam.pixels import max_image_pixels, set_max_image_pixels
+
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is not None and limit < 0:
+        raise CommandError(f"--max-image-pixels {limit}: expected 0 (no limit) or a positive number")
+    set_max_image_pixels(limit)
+    try:
+        max_image_pixels()
+    except InputError as e:
+        raise CommandError(one_line(e)) from None
+
+
 # ---------------------------------------------------------------------------------------- prompts
 def parse_point(text: str) -> tuple[float, float, int]:
     """``"x,y"`` or ``"x,y:label"`` (label 1 foreground, 0 background) -> ``(x, y, label)``."""
@@ -262,14 +288,18 @@ def read_references(args: argparse.Namespace) -> References:
     if ref_points:
         out.points = np.array([[x, y] for x, y, _ in ref_points], np.float64)
         out.labels = np.array([lab for _, _, lab in ref_points], np.int64)
+        if not out.labels.any() and not args.ref_box:
+            raise CommandError(
+                "--ref-points: every point is a background click (label 0); click the object at least once"
+            )
         outside = points_outside(out.points, (h, w))
         if outside.any():
             x, y = out.points[int(np.argmax(outside))]
-            raise CommandError(f"--ref-points: point {x:g},{y:g} lies outside {refs[0]} ({w}x{h} pixels)")
+            raise CommandError(f"--ref-points: point {x:g},{y:g} lies outside {refs[0]} ({w}×{h} pixels)")
     if args.ref_box:
         out.box = np.array(args.ref_box, np.float64)
         if box_misses_image(out.box, (h, w)):
-            raise CommandError(f"--ref-box: box lies outside {refs[0]} ({w}x{h} pixels)")
+            raise CommandError(f"--ref-box: box lies outside {refs[0]} ({w}×{h} pixels)")
     return out
 
 

@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 
 from persam.cli.options import (
+    EXIT_ERROR,
     EXIT_PARTIAL,
     CommandError,
+    add_image_limit_argument,
     add_model_arguments,
     add_reference_arguments,
+    apply_image_limit,
     fail,
     learn_concept,
     load_model,
@@ -75,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type (default jpg)"
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    add_image_limit_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from persam.io import InputError, check_output_dir, list_images
     from persam.pipelines.image_set import (
         check_concept_name,
+        check_output_layout,
         check_outputs_not_inputs,
         output_names,
         parse_save,
@@ -133,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 "give a reference (--ref with --ref-mask, --ref-points or --ref-box) or --concept"
             )
         # Check everything cheap before loading the model.
+        apply_image_limit(args)
         save = parse_save(args.save)
         images = list_images(args.targets)
         if not images:
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             check_concept_name(concept_name, save)
         except InputError as e:
             raise CommandError(f"--concept-name: {e} (choose another one with --concept-name)") from None
+        check_output_layout(args.output, save, concept_name)
         inputs = {"--ref": args.ref, "--ref-mask": args.ref_mask, "--concept": [args.concept or ""]}
         inputs = {k: [p for p in v if p] for k, v in inputs.items()}
         check_outputs_not_inputs(
@@ -177,5 +184,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (CommandError, InputError) as e:
         return fail(_PROG, str(e))
+    if summary.failed and not (summary.segmented or summary.skipped):
+        print(f"{_PROG}: error: nothing could be done: {summary.line()}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"{_PROG}: {summary.line()} -> {args.output}")
     return EXIT_PARTIAL if summary.failed else 0

@@ -35,6 +35,7 @@ from persam.outputs import (
     STATE_FILE,
     ImageSetWriter,
     check_concept_name,
+    check_output_layout,
     check_outputs_not_inputs,
     parse_save,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ImageFailure",
     "ImageSetSummary",
     "check_concept_name",
+    "check_output_layout",
     "check_outputs_not_inputs",
     "concept_fingerprint",
     "output_names",
@@ -183,6 +185,7 @@ def segment_image_set(
         out_dir, names, parse_save(save), concept_name, overlay_format, {"TARGET": paths, **(inputs or {})}
     )
     fingerprint = concept_fingerprint(concept, concept_name, max_instances)
+    created = not Path(out_dir).exists()
     writer = ImageSetWriter(out_dir, save, concept_name, overlay_format, fingerprint)
     file_names = relative_names(paths)
     segment = _segment_fn(concept, max_instances)
@@ -214,7 +217,22 @@ def segment_image_set(
     finally:
         bar.close()
         writer.flush()
+        if created and not summary.segmented:
+            _remove_empty_tree(writer.out_dir)  # nothing was written: leave no empty folder behind
     return summary
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Removes ``folder`` if it holds nothing but empty folders."""
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def as_masks(result: SegmentationResult | Masks) -> Masks:
