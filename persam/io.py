@@ -73,7 +73,7 @@ def image_to_rgb(image: np.ndarray, name: str = "image", bits: int | None = None
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise InputError(f"{name}: expected an image of shape [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"{name}: image is empty ({a.shape[0]}x{a.shape[1]})")
+        raise InputError(f"{name}: image is empty ({a.shape[1]}×{a.shape[0]} pixels, W×H)")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise InputError(f"{name}: image holds NaN or infinite values")
     a = _to_uint8(a, bits)
@@ -87,12 +87,13 @@ def image_to_rgb(image: np.ndarray, name: str = "image", bits: int | None = None
 def load_image(path: PathLike) -> np.ndarray:
     """Reads an image file as ``uint8 [H, W, 3]`` RGB, applying its EXIF orientation."""
     im = _open(path)
+    fmt = im.format  # the transposed copy no longer knows it
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        bits = png_significant_bits(Path(path)) if im.format == "PNG" else None
+        bits = png_significant_bits(Path(path)) if fmt == "PNG" else None
         return image_to_rgb(np.asarray(im).astype(np.int64), str(path), bits)
     if im.mode == "F":
         return image_to_rgb(np.asarray(im), str(path))
@@ -347,7 +348,7 @@ def check_same_size(
     if tuple(mask.shape[:2]) != tuple(image.shape[:2]):
         mh, mw = mask.shape[:2]
         ih, iw = image.shape[:2]
-        raise InputError(f"{mask_name}: mask is {mw}x{mh} pixels but image {image_name} is {iw}x{ih}")
+        raise InputError(f"{mask_name}: mask is {mw}×{mh} pixels (W×H) but image {image_name} is {iw}×{ih}")
 
 
 def load_reference(

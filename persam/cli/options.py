@@ -4,6 +4,7 @@ prompts, and reporting errors as one line."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=None,
         metavar="NAME|CONFIG.json",
         help=f"registry name (see 'persam weights list') or a model config JSON (default {DEFAULT_MODEL})",
     )
@@ -94,7 +95,7 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
     from persam.weights import WeightsError
 
     device = resolve_device(args.device)
-    model = args.model
+    model = args.model or DEFAULT_MODEL
     if model.lower().endswith(".json") and not Path(model).is_file():
         raise CommandError(f"{model}: model config file not found")
     if model.lower().endswith(".json") and str(args.checkpoint).lower() == "auto":
@@ -242,6 +243,7 @@ class References:
         points: ``[N, 2]`` (x, y) clicks on ``images[0]``, or None; labels ``[N]`` 1 / 0.
         box: ``[4]`` XYXY box on ``images[0]``, or None.
         source: the reference file name, for messages.
+        mask_source: the reference mask's file name (empty when prompts gave the object).
     """
 
     images: list[np.ndarray]
@@ -250,6 +252,7 @@ class References:
     labels: np.ndarray | None = None
     box: np.ndarray | None = None
     source: str = ""
+    mask_source: str = ""
 
 
 def read_references(args: argparse.Namespace) -> References:
@@ -279,7 +282,8 @@ def read_references(args: argparse.Namespace) -> References:
     try:
         if not prompts:
             pairs = [load_reference(r, m) for r, m in zip(refs, masks, strict=True)]
-            return References([p[0] for p in pairs], [p[1] for p in pairs], source=str(refs[0]))
+            images, bool_masks = [p[0] for p in pairs], [p[1] for p in pairs]
+            return References(images, bool_masks, source=str(refs[0]), mask_source=str(masks[0]))
         image = as_image(refs[0])
     except InputError as e:
         raise CommandError(one_line(e)) from None
@@ -325,6 +329,12 @@ def learn_concept(
         return learn(model, refs.images, masks, method=method, name=name, progress=progress)
     except InputError as e:
         message = one_line(e)
-        if refs.source not in message:
-            message = f"{refs.source}: {message}"
+        # The API names arrays "ref_mask" / "ref_image"; here they have file names.
+        label = re.match(r"ref_(mask|image)(\[\d+\])?: ", message)
+        message = message[label.end() :] if label else message
+        # A problem of the mask (too small, say) names the mask file, not the photo.
+        mask_fault = label.group(1) == "mask" if label else "mask" in message
+        at_fault = refs.mask_source if refs.mask_source and mask_fault else refs.source
+        if refs.source not in message and (not refs.mask_source or refs.mask_source not in message):
+            message = f"{at_fault}: {message}"
         raise CommandError(message) from None

@@ -94,8 +94,9 @@ def default_concept_name(args: argparse.Namespace) -> str:
     return name or "object"
 
 
-def load_concept(path: Path, model):
-    """Loads a saved concept for ``model``; a missing, corrupt or foreign file is a :class:`CommandError`."""
+def load_concept(path: Path, model=None):
+    """Loads a saved concept (bound to ``model`` when given); a missing, corrupt, crafted or foreign
+    file is a :class:`CommandError`."""
     from persam.personalize import Concept
 
     if not path.is_file():
@@ -107,6 +108,23 @@ def load_concept(path: Path, model):
         if str(path) not in message:
             message = f"{path}: {message}"
         raise CommandError(message) from None
+
+
+def model_of_concept(args: argparse.Namespace, concept) -> None:
+    """Without ``--model``, the model is the one recorded in the concept file (and its random
+    weights when it was learned with ``--checkpoint none``), not the default."""
+    from persam import registry
+
+    if args.model is not None:
+        return
+    if not registry.is_registered(concept.backbone_name):
+        raise CommandError(
+            f"{args.concept}: learned with model {concept.backbone_name!r}, which is not a registry "
+            "name; pass --model CONFIG.json (and --checkpoint) as when it was learned"
+        )
+    args.model = concept.backbone_name
+    if str(args.checkpoint).lower() == "auto" and concept.checkpoint_id.startswith("random:"):
+        args.checkpoint = "none"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,11 +179,12 @@ def run(args: argparse.Namespace) -> int:
             {"TARGET": images, **inputs},
         )
         refs = read_references(args) if args.concept is None else None
-        if args.concept is not None and not args.concept.is_file():
-            raise CommandError(f"{args.concept}: concept file not found")
+        saved = load_concept(args.concept) if args.concept is not None else None
+        if saved is not None:
+            model_of_concept(args, saved)
 
         model = load_model(args, _PROG)
-        if refs is None:
+        if saved is not None:
             concept = load_concept(args.concept, model)
         else:
             concept = learn_concept(model, refs, args.method, name=concept_name, progress=not args.quiet)

@@ -79,8 +79,8 @@ class FrameSource:
             self.info.size = size
         elif size != self.info.size:
             raise InputError(
-                f"{self.info.source}: frame {index} is {size[1]}x{size[0]}, "
-                f"earlier frames are {self.info.size[1]}x{self.info.size[0]}"
+                f"{self.info.source}: frame {index} is {size[1]}×{size[0]} (W×H), "
+                f"earlier frames are {self.info.size[1]}×{self.info.size[0]}"
             )
         return frame
 
