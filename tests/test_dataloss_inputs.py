@@ -22,8 +22,13 @@ def _persam(*argv: object, home: Path | None = None) -> subprocess.CompletedProc
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if home is not None:
         env["PERSAM_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "persam.cli", *map(str, argv)], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "persam.cli", *map(str, argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _write_concept(
@@ -32,15 +37,26 @@ def _write_concept(
     feat = np.ones((1, 32), np.float32) if feat is None else feat
     emb = np.ones((1, 1, 32), np.float32) if emb is None else emb
     buf = io.BytesIO()
-    np.savez(buf, target_feat=feat, target_embedding=emb,
-             metadata=np.frombuffer(json.dumps(meta).encode(), np.uint8))  # fmt: skip
+    np.savez(
+        buf,
+        target_feat=feat,
+        target_embedding=emb,
+        metadata=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+    )
     path.write_bytes(buf.getvalue())
     return path
 
 
-_GOOD = {"format": "persam-concept", "format_version": 1, "method": "persam", "name": "x",
-         "backbone": "tiny_random_sam", "checkpoint_id": "random:tiny_random_sam:0", "feature_dim": 32,
-         "options": {}}  # fmt: skip
+_GOOD = {
+    "format": "persam-concept",
+    "format_version": 1,
+    "method": "persam",
+    "name": "x",
+    "backbone": "tiny_random_sam",
+    "checkpoint_id": "random:tiny_random_sam:0",
+    "feature_dim": 32,
+    "options": {},
+}
 
 
 @pytest.mark.parametrize(
@@ -83,11 +99,36 @@ def test_concept_without_model_uses_the_recorded_model(tmp_path: Path) -> None:
     Image.fromarray(img).save(tmp_path / "r.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
     home = tmp_path / "home"  # an empty cache: the default sam_vit_h would have to be downloaded
-    r = _persam("learn", "--ref", tmp_path / "r.png", "--ref-mask", tmp_path / "m.png", "-o", tmp_path / "c.persam",
-                "--model", "tiny_random_sam", "--checkpoint", "none", "--device", "cpu", "-q", home=home)  # fmt: skip
+    r = _persam(
+        "learn",
+        "--ref",
+        tmp_path / "r.png",
+        "--ref-mask",
+        tmp_path / "m.png",
+        "-o",
+        tmp_path / "c.persam",
+        "--model",
+        "tiny_random_sam",
+        "--checkpoint",
+        "none",
+        "--device",
+        "cpu",
+        "-q",
+        home=home,
+    )
     assert r.returncode == 0, r.stderr
-    r = _persam("segment", "--concept", tmp_path / "c.persam", tmp_path / "r.png", "-o", tmp_path / "out",
-                "--device", "cpu", "-q", home=home)  # fmt: skip
+    r = _persam(
+        "segment",
+        "--concept",
+        tmp_path / "c.persam",
+        tmp_path / "r.png",
+        "-o",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+        "-q",
+        home=home,
+    )
     assert r.returncode == 0, r.stderr
     assert "random:tiny_random_sam" in r.stderr and "sam_vit_h" not in r.stderr + r.stdout
     assert (tmp_path / "out" / "masks" / "r.png").is_file()
@@ -115,8 +156,20 @@ def test_colour_photo_as_mask_and_nan_arrays_are_refused(tmp_path: Path) -> None
 
 def test_background_only_clicks_are_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "r.png")
-    r = _persam("learn", "--ref", tmp_path / "r.png", "--ref-points", "5,5:0", "10,10:0", "-o", tmp_path / "c.persam",
-                "--model", "tiny_random_sam", "--checkpoint", "none")  # fmt: skip
+    r = _persam(
+        "learn",
+        "--ref",
+        tmp_path / "r.png",
+        "--ref-points",
+        "5,5:0",
+        "10,10:0",
+        "-o",
+        tmp_path / "c.persam",
+        "--model",
+        "tiny_random_sam",
+        "--checkpoint",
+        "none",
+    )
     assert r.returncode == 2 and "every point is a background click" in r.stderr, r.stderr
 
 
@@ -157,8 +210,22 @@ def test_mask_too_small_names_the_mask_not_the_photo(tmp_path: Path, capsys) -> 
     mask = np.zeros((64, 64), np.uint8)
     mask[5, 5] = 255
     Image.fromarray(mask).save(tmp_path / "tiny_mask.png")
-    rc = main(["learn", "--ref", str(tmp_path / "photo.png"), "--ref-mask", str(tmp_path / "tiny_mask.png"),
-               "-o", str(tmp_path / "c.persam"), "--model", "tiny_random_sam", "--checkpoint", "none", "-q"])  # fmt: skip
+    rc = main(
+        [
+            "learn",
+            "--ref",
+            str(tmp_path / "photo.png"),
+            "--ref-mask",
+            str(tmp_path / "tiny_mask.png"),
+            "-o",
+            str(tmp_path / "c.persam"),
+            "--model",
+            "tiny_random_sam",
+            "--checkpoint",
+            "none",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
     assert err.startswith(f"persam learn: error: {tmp_path / 'tiny_mask.png'}: reference mask too small"), err

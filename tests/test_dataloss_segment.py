@@ -143,8 +143,16 @@ def test_huge_image_is_reported_and_skipped_like_an_unreadable_one(tmp_path: Pat
     assert "b.png: image has 200.0 megapixels, over the limit of 100 megapixels" in r.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.png", "c.png"]
     assert len(targets) == 2
-    r = _persam("learn", "--ref", tmp_path / "in" / "b.png", "--ref-mask", tmp_path / "in" / "b.png",
-                "-o", tmp_path / "x.persam", *_tiny_model(tmp_path))  # fmt: skip
+    r = _persam(
+        "learn",
+        "--ref",
+        tmp_path / "in" / "b.png",
+        "--ref-mask",
+        tmp_path / "in" / "b.png",
+        "-o",
+        tmp_path / "x.persam",
+        *_tiny_model(tmp_path),
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "megapixels" in r.stderr
 
 

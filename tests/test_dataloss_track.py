@@ -58,8 +58,19 @@ def clip(tmp_path: Path) -> dict:
 
 
 def _cmd(clip: dict, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "persam.cli", "track", str(clip["frames"]), "--mask", str(clip["mask"]),
-            "-o", str(out), *clip["model"], *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "persam.cli",
+        "track",
+        str(clip["frames"]),
+        "--mask",
+        str(clip["mask"]),
+        "-o",
+        str(out),
+        *clip["model"],
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -73,8 +84,9 @@ def _labels(folder: Path) -> dict[str, np.ndarray]:
 def test_sigkill_then_rerun_resumes_without_recomputing(clip: dict) -> None:
     out, overlay = clip["tmp"] / "out", clip["tmp"] / "vis" / "o.avi"
     journal = out / ".persam-track-resume" / "frames.jsonl"
-    proc = subprocess.Popen(_cmd(clip, out, "--overlay", str(overlay)), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        _cmd(clip, out, "--overlay", str(overlay)), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if journal.is_file() and len(journal.read_text().splitlines()) >= 8:
@@ -88,8 +100,9 @@ def test_sigkill_then_rerun_resumes_without_recomputing(clip: dict) -> None:
     assert len(done) >= 8
     assert [p for p in overlay.parent.iterdir() if p.name.endswith(".part.avi")]  # the killed video
 
-    again = subprocess.run(_cmd(clip, out, "--overlay", str(overlay)), env=_env(), capture_output=True,
-                           text=True, timeout=600)  # fmt: skip
+    again = subprocess.run(
+        _cmd(clip, out, "--overlay", str(overlay)), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr
     assert f"{T} frame(s) ({len(done)} kept from an interrupted run)" in again.stdout
     assert sorted(p.name for p in out.glob("*.png")) == [f"{i:05d}.png" for i in range(T)]
@@ -151,7 +164,7 @@ def test_outputs_never_replace_inputs(clip: dict, capsys) -> None:
                 *clip["model"],
             ],
             "inside the frame folder",
-        ),  # fmt: skip
+        ),
     ]
     for argv, needle in cases[:1] + cases[2:]:
         assert main(argv) == 2, argv
@@ -164,8 +177,17 @@ def test_outputs_never_replace_inputs(clip: dict, capsys) -> None:
 def test_existing_overlay_file_needs_overwrite(clip: dict, capsys) -> None:
     theirs = clip["tmp"] / "theirs.avi"
     theirs.write_bytes(b"someone's video")
-    args = ["track", str(clip["video"]), "--mask", str(clip["mask"]), "-o", str(clip["tmp"] / "o"),
-            "--overlay", str(theirs), *clip["model"]]  # fmt: skip
+    args = [
+        "track",
+        str(clip["video"]),
+        "--mask",
+        str(clip["mask"]),
+        "-o",
+        str(clip["tmp"] / "o"),
+        "--overlay",
+        str(theirs),
+        *clip["model"],
+    ]
     assert main(args) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert theirs.read_bytes() == b"someone's video"
