@@ -132,22 +132,28 @@ def _davis(args: argparse.Namespace) -> int:
 
     try:
         out_dir = args.output_dir if args.output_dir is not None else args.results
-        if args.output_dir is not None:  # checked before the (slow) evaluation
-            try:
+        # Checked before the (slow) evaluation, the results folder too: it may be read-only.
+        try:
+            if args.output_dir is not None or args.results.is_dir():
                 check_output_dir(out_dir)
-            except InputError as e:
-                raise InputError(f"--output-dir {e}") from None
+        except InputError as e:
+            option = "--output-dir" if args.output_dir is not None else "--results (pass --output-dir)"
+            raise InputError(f"{option} {e}") from None
         result = evaluate_davis(
             args.davis_root, args.results, gt_set=args.gt_set, workers=args.workers, sequences=args.sequences
         )
+    except (InputError, OSError) as e:
+        return fail(_PROG, str(e))
+    written, error = [], None
+    try:
         written = save_official_csvs(result, out_dir)
         if args.full_precision:
             written += save_full_precision_csvs(result, out_dir)
-    except (InputError, OSError) as e:
-        return fail(_PROG, str(e))
+    except (InputError, OSError) as e:  # the numbers are printed all the same
+        error = str(e)
     if math.isnan(result.global_results["J&F-Mean"]):
         print(f"{_PROG}: warning: no sequence has objects; every global number is NaN", file=sys.stderr)
     for path in written:
         print(f"Results saved in {path}")
     print(format_tables(result))
-    return 0
+    return fail(_PROG, f"the results were not saved: {error}") if error is not None else 0
