@@ -812,7 +812,7 @@ def test_eval_perseg_runner_on_synthetic_dataset(tiny, tmp_path, capsys) -> None
     root = tmp_path / "perseg"
     _make_perseg(root, {"ball": 3, "disc": 2})
     runner = _load_script(ROOT / "eval" / "perseg.py")
-    argv = ["--root", root, "--out", tmp_path / "pred", "--json", tmp_path / "r.json", "-q"]
+    argv = ["--data", root, "--pred", tmp_path / "pred", "--json", tmp_path / "r.json", "-q"]
     rc = runner.main([str(a) for a in [*argv, "--model", tiny["config"], "--checkpoint", tiny["ckpt0"]]])
     assert rc == 0
     assert sorted(

@@ -229,3 +229,28 @@ def test_mask_too_small_names_the_mask_not_the_photo(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
     assert err.startswith(f"persam learn: error: {tmp_path / 'tiny_mask.png'}: reference mask too small"), err
+
+
+@pytest.mark.parametrize("names", [("--data", "--pred"), ("--root", "--out")])
+def test_eval_perseg_script_takes_the_cli_option_names(tmp_path: Path, capsys, names) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("perseg_runner", ROOT / "eval" / "perseg.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    rc = runner.main([names[0], str(tmp_path / "nope"), names[1], str(tmp_path / "pred")])
+    assert rc == 2 and "not a PerSeg root" in capsys.readouterr().err
+
+
+def test_eval_perseg_csv_never_replaces_a_scored_mask(tmp_path: Path, capsys) -> None:
+    from persam.cli import main
+
+    pred = tmp_path / "pred" / "dog"
+    pred.mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(pred / "01.png")
+    before = (pred / "01.png").read_bytes()
+    (tmp_path / "data").mkdir()
+    rc = main(["eval", "perseg", "--data", str(tmp_path / "data"), "--pred", str(tmp_path / "pred"),
+               "--csv", str(pred / "01.png")])  # fmt: skip
+    assert rc == 2 and "would overwrite an input image" in capsys.readouterr().err
+    assert (pred / "01.png").read_bytes() == before

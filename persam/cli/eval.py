@@ -91,6 +91,18 @@ def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"{_PROG}: warning: {one_line(w.message)}", file=sys.stderr)
 
 
+def check_csv_not_input(csv: Path, *roots: Path) -> None:
+    """Refuses a ``--csv`` that is one of the masks being scored (an image under ``--data`` or
+    ``--pred``): writing the table there would destroy it."""
+    from persam.io import IMAGE_EXTENSIONS, InputError
+    from persam.paths import is_within
+
+    if csv.suffix.lower() in IMAGE_EXTENSIONS and any(is_within(csv, r) for r in roots if r.is_dir()):
+        raise InputError(
+            f"--csv {csv}: would overwrite an input image under --data / --pred; choose a .csv name"
+        )
+
+
 def _perseg(args: argparse.Namespace) -> int:
     from persam.evaluation.perseg import evaluate_perseg, format_official, format_table, write_csv
     from persam.io import InputError, check_output_dir
@@ -99,6 +111,7 @@ def _perseg(args: argparse.Namespace) -> int:
         if args.csv is not None:  # checked before the (slow) evaluation
             if args.csv.is_dir():
                 raise InputError(f"--csv {args.csv}: is a folder, expected a file name")
+            check_csv_not_input(args.csv, args.data, args.pred)
             try:
                 check_output_dir(args.csv.parent)
             except InputError as e:
