@@ -254,3 +254,27 @@ def test_eval_perseg_csv_never_replaces_a_scored_mask(tmp_path: Path, capsys) ->
                "--csv", str(pred / "01.png")])  # fmt: skip
     assert rc == 2 and "would overwrite an input image" in capsys.readouterr().err
     assert (pred / "01.png").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"family": "sam"}, "SAM config is missing the section 'image_encoder'"),
+        (
+            {"family": "sam", "image_encoder": {"depth": "x"}, "prompt_encoder": {}, "mask_decoder": {}},
+            "TypeError",
+        ),
+    ],
+)
+def test_model_config_errors_name_the_file(tmp_path: Path, capsys, config, needle) -> None:
+    from persam.cli import main
+
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "r.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    rc = main(["learn", "--ref", str(tmp_path / "r.png"), "--ref-mask", str(tmp_path / "m.png"), "-o",
+               str(tmp_path / "c.persam"), "--model", str(tmp_path / "cfg.json"), "--checkpoint", "none"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith(f"persam learn: error: {tmp_path / 'cfg.json'}: ") and needle in err

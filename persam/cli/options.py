@@ -115,10 +115,17 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
             return backbone
         return build_model(model, checkpoint=args.checkpoint, device=device, dtype=args.dtype)
     except (WeightsError, InputError, ValueError, KeyError, OSError) as e:
-        raise CommandError(one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)) from None
+        message = one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if model.lower().endswith(".json") and model not in message and "config" in message:
+            message = f"{model}: {message}"  # which config file is meant
+        raise CommandError(message) from None
     except RuntimeError as e:  # e.g. out of memory, unsupported dtype on a device
         raise CommandError(f"--model {model}: cannot load on {device} ({one_line(e)})") from None
     except Exception as e:  # a damaged checkpoint can fail deep inside the unpickler
+        if model.lower().endswith(".json") and random_weights:  # no checkpoint read: the config is at fault
+            raise CommandError(
+                f"{model}: cannot build the model ({type(e).__name__}: {one_line(e)})"
+            ) from None
         raise CommandError(
             f"--checkpoint {args.checkpoint}: cannot load ({type(e).__name__}: {one_line(e)})"
         ) from None
