@@ -250,8 +250,18 @@ def test_eval_perseg_csv_never_replaces_a_scored_mask(tmp_path: Path, capsys) ->
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(pred / "01.png")
     before = (pred / "01.png").read_bytes()
     (tmp_path / "data").mkdir()
-    rc = main(["eval", "perseg", "--data", str(tmp_path / "data"), "--pred", str(tmp_path / "pred"),
-               "--csv", str(pred / "01.png")])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "perseg",
+            "--data",
+            str(tmp_path / "data"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--csv",
+            str(pred / "01.png"),
+        ]
+    )
     assert rc == 2 and "would overwrite an input image" in capsys.readouterr().err
     assert (pred / "01.png").read_bytes() == before
 
@@ -274,7 +284,20 @@ def test_model_config_errors_name_the_file(tmp_path: Path, capsys, config, needl
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 255
     Image.fromarray(mask).save(tmp_path / "m.png")
-    rc = main(["learn", "--ref", str(tmp_path / "r.png"), "--ref-mask", str(tmp_path / "m.png"), "-o",
-               str(tmp_path / "c.persam"), "--model", str(tmp_path / "cfg.json"), "--checkpoint", "none"])  # fmt: skip
+    rc = main(
+        [
+            "learn",
+            "--ref",
+            str(tmp_path / "r.png"),
+            "--ref-mask",
+            str(tmp_path / "m.png"),
+            "-o",
+            str(tmp_path / "c.persam"),
+            "--model",
+            str(tmp_path / "cfg.json"),
+            "--checkpoint",
+            "none",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith(f"persam learn: error: {tmp_path / 'cfg.json'}: ") and needle in err

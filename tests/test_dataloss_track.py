@@ -200,10 +200,23 @@ def test_corrupt_video_gives_our_line_only(clip: dict) -> None:
     bad = clip["tmp"] / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + np.random.default_rng(0).bytes(3000))
     r = subprocess.run(
-        [sys.executable, "-m", "persam.cli", "track", str(bad), "--mask", str(clip["mask"]), "-o",
-         str(clip["tmp"] / "o"), *clip["model"]],
-        env=_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "persam.cli",
+            "track",
+            str(bad),
+            "--mask",
+            str(clip["mask"]),
+            "-o",
+            str(clip["tmp"] / "o"),
+            *clip["model"],
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"persam track: error: {bad}: cannot read video (not a video file, corrupt, or without frames)"
