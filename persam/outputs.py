@@ -325,6 +325,26 @@ class ImageSetWriter:
             return False
         return all(p.is_file() for p in self.file_paths(name).values())
 
+    def foreign_output(self, names: Sequence[str]) -> Path | None:
+        """The first existing output file of ``names`` in a folder no run has written into (no
+        state file: someone's own file at an output path), or None."""
+        if self.state_path.exists():
+            return None
+        for name in names:
+            for kind, path in self.file_paths(name).items():
+                if kind != "coco" and path.exists():
+                    return path
+        return None
+
+    def claim(self) -> None:
+        """Marks the folder as written by persam (an empty state file), so that files a run killed
+        before its first flush leaves behind count as ours next time."""
+        if self.fingerprint is None or self.state_path.exists():
+            return
+        with locked(self.out_dir / LOCK_FILE):
+            if not self.state_path.exists():
+                write_json_atomic(self.state_path, {"version": 1, "images": {}})
+
     def is_current(self, name: str) -> bool:
         """True when this image's outputs were written with this writer's fingerprint."""
         if self.fingerprint is None:

@@ -209,3 +209,20 @@ def test_outputs_never_replace_inputs(tmp_path: Path) -> None:
     r = _persam("segment", *ref, out / "masks" / "x.png", "-o", out, *model)
     assert r.returncode == 2 and "would overwrite the input TARGET" in r.stderr, r.stderr
     assert (out / "masks" / "x.png").read_bytes() == before
+
+
+def test_files_no_run_wrote_need_overwrite(tmp_path: Path) -> None:
+    _images(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    _images(out / "masks", ["a.png"])  # someone's own file where the mask of a.png would go
+    before = (out / "masks" / "a.png").read_bytes()
+    model = _tiny_model(tmp_path)
+    r = _persam("segment", *_reference(tmp_path), tmp_path / "in", "-o", out, *model)
+    assert r.returncode == 2 and "was not written by a persam segment run" in r.stderr, r.stderr
+    assert (out / "masks" / "a.png").read_bytes() == before
+    r = _persam("segment", *_reference(tmp_path), tmp_path / "in", "-o", out, "--overwrite", *model)
+    assert r.returncode == 0, r.stderr
+    assert (out / "masks" / "a.png").read_bytes() != before
+    # The folder is now ours: a run with another reference replaces its own results without asking.
+    r = _persam("segment", *_reference(tmp_path), tmp_path / "in", "-o", out, "--max-instances", "2", *model)
+    assert r.returncode == 0, r.stderr

@@ -187,6 +187,13 @@ def segment_image_set(
     fingerprint = concept_fingerprint(concept, concept_name, max_instances)
     created = not Path(out_dir).exists()
     writer = ImageSetWriter(out_dir, save, concept_name, overlay_format, fingerprint)
+    foreign = writer.foreign_output(names) if fingerprint is not None and not overwrite else None
+    if foreign is not None:
+        raise InputError(
+            f"{foreign}: exists and was not written by a persam segment run; pass --overwrite to "
+            "replace it, or choose another output folder"
+        )
+    writer.claim()
     file_names = relative_names(paths)
     segment = _segment_fn(concept, max_instances)
     summary = ImageSetSummary()
