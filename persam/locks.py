@@ -29,11 +29,14 @@ class FileLock:
     Args:
         path: the lock file.
         timeout: seconds to wait for another holder (None: wait forever).
+        remove: delete the lock file on release (it leaves nothing behind in a user's folder).
+            A waiter that then holds the deleted file notices and locks the path anew.
     """
 
-    def __init__(self, path: PathLike, timeout: float | None = None) -> None:
+    def __init__(self, path: PathLike, timeout: float | None = None, remove: bool = False) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self.remove = remove
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -55,6 +58,13 @@ class FileLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                os.close(fd)
+                return False
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(fd).st_ino:  # its holder removed it meanwhile: lock the new one
                 os.close(fd)
                 return False
             os.ftruncate(fd, 0)
@@ -81,6 +91,8 @@ class FileLock:
             return
         fd, self._fd = self._fd, None
         if fcntl is not None:
+            if self.remove:
+                self.path.unlink(missing_ok=True)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
         else:  # pragma: no cover - Windows
@@ -97,9 +109,10 @@ class FileLock:
 
 
 @contextlib.contextmanager
-def locked(path: PathLike, timeout: float | None = 600.0) -> Iterator[FileLock]:
-    """``with locked(path):`` holds :class:`FileLock` ``path`` for the block."""
-    with FileLock(path, timeout) as lock:
+def locked(path: PathLike, timeout: float | None = 600.0, remove: bool = True) -> Iterator[FileLock]:
+    """``with locked(path):`` holds :class:`FileLock` ``path`` for the block (and by default
+    deletes the lock file after)."""
+    with FileLock(path, timeout, remove) as lock:
         yield lock
 
 

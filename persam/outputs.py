@@ -299,7 +299,8 @@ class ImageSetWriter:
         self.fingerprint = fingerprint
         self.state_path = self.out_dir / STATE_FILE
         self.state = self._read_state()
-        self._changed: set[tuple[str, str]] = set()  # (output name, file name) written since the last flush
+        # (output name, file name) written since the last flush, in writing order (the COCO ids follow it).
+        self._changed: dict[tuple[str, str], None] = {}
         self._dirty = False
         self._saved_at = time.monotonic()
 
@@ -371,7 +372,7 @@ class ImageSetWriter:
             self.coco.add(file_name, masks, self.concept_name)
         if self.fingerprint is not None:
             self.state.setdefault(name, {}).update(dict.fromkeys(self.save, self.fingerprint))
-        self._changed.add((name, file_name))
+        self._changed[(name, file_name)] = None
         self._dirty = self.coco is not None or self.fingerprint is not None
         if self._dirty and time.monotonic() - self._saved_at > _FLUSH_SECONDS:
             self.flush()

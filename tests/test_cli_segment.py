@@ -554,7 +554,7 @@ def _bad_input_cases(scenes: Path, tmp: Path) -> list[tuple[list, str]]:
         ),
         (
             ["--ref", ref, "--ref-mask", tmp / "small_mask.png", targets, *std],
-            "small_mask.png: mask is 80x61",
+            "small_mask.png: mask is 80×61",
         ),
         (["--ref", tmp / "corrupt.png", "--ref-mask", mask, targets, *std], "corrupt.png: cannot read image"),
         (["--ref", tmp / "missing.jpg", "--ref-mask", mask, targets, *std], "missing.jpg: file not found"),

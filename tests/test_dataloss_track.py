@@ -221,3 +221,25 @@ def test_corrupt_video_gives_our_line_only(clip: dict) -> None:
     assert r.stderr.strip().splitlines() == [
         f"persam track: error: {bad}: cannot read video (not a video file, corrupt, or without frames)"
     ]
+
+
+def test_stale_staging_is_removed_but_a_live_run_is_left_alone(clip: dict, capsys) -> None:
+    from persam.locks import FileLock
+
+    out = clip["tmp"] / "out"
+    dead = out / ".persam-track-k1ll3d"  # a run killed before this version: no lock held
+    dead.mkdir(parents=True)
+    (dead / "00000.png").write_bytes(b"half")
+    live = out / ".persam-track-l1ve"
+    live.mkdir()
+    lock = FileLock(live / ".lock")
+    assert lock.acquire(blocking=False)
+    try:
+        args = ["track", str(clip["video"]), "--mask", str(clip["mask"]), "-o", str(out), *clip["model"]]
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert all(line.startswith("persam track: ") for line in err.strip().splitlines()), err
+        assert not dead.exists()
+        assert live.is_dir()
+    finally:
+        lock.release()
