@@ -182,7 +182,7 @@ EDGE_ERRORS = {
     "pred_missing_sequence_folder": r"beta: prediction frame 00001 not found",
     "pred_object_id_not_in_gt": r"alpha: prediction .*alpha/00002\.png contains object id 3 .* 2 object",
     "pred_rgb_png": r"alpha: prediction .*alpha/00001\.png is a RGB image",
-    "pred_wrong_size": r"alpha: prediction .*alpha/00001\.png is 40x32 .* 64x48",
+    "pred_wrong_size": r"alpha: prediction .*alpha/00001\.png is 40×32 .* 64×48",
     "sequence_with_two_frames": r"beta: 2 annotation frame\(s\)",
     "sequence_without_images": r"beta: no \.jpg frames",
 }

@@ -225,6 +225,7 @@ def segment_image_set(
         bar.close()
         writer.flush()
         if created and not summary.segmented:
+            writer.unclaim()
             _remove_empty_tree(writer.out_dir)  # nothing was written: leave no empty folder behind
     return summary
 
