@@ -243,3 +243,18 @@ def test_stale_staging_is_removed_but_a_live_run_is_left_alone(clip: dict, capsy
         assert live.is_dir()
     finally:
         lock.release()
+
+
+def test_davis_annotations_folder_is_never_an_output(clip: dict, capsys) -> None:
+    frames, labels = _frames(3)
+    seq = clip["tmp"] / "DAVIS" / "JPEGImages" / "480p" / "seq"
+    ann = clip["tmp"] / "DAVIS" / "Annotations" / "480p" / "seq"
+    seq.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(seq / f"{i:05d}.jpg")
+    write_palette_png(ann.parent.mkdir(parents=True) or ann.mkdir() or ann / "00000.png", labels)
+    before = (ann / "00000.png").read_bytes()
+    assert main(["track", str(seq), "-o", str(ann), "--overwrite", *clip["model"]]) == 2
+    assert "holds the input --mask" in capsys.readouterr().err
+    assert sorted(p.name for p in ann.iterdir()) == ["00000.png"]
+    assert (ann / "00000.png").read_bytes() == before

@@ -122,12 +122,11 @@ def default_mask(video: Path) -> Path:
     raise CommandError("--mask: a first-frame mask is required (the label PNG of the first tracked frame)")
 
 
-def check_inputs_kept(args: argparse.Namespace) -> None:
+def check_inputs_kept(args: argparse.Namespace, masks: list[Path]) -> None:
     """Refuses outputs that are inputs: the overlay video written over the source video or a
     mask, or label maps written into the frame folder or over the first-frame mask."""
     from persam.paths import check_not_input, is_within, same_file
 
-    masks = list(args.mask)
     if args.overlay is not None:
         check_not_input(args.overlay, {"VIDEO": [args.video], "--mask": masks}, "--overlay")
     if args.video.is_dir() and is_within(args.output, args.video):
@@ -153,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
             raise CommandError(f"--overlay {args.overlay}: use a .mp4 or .avi file name")
-        check_inputs_kept(args)
+        masks = args.mask or [default_mask(args.video)]
+        check_inputs_kept(args, masks)
         check_output_dir(args.output)
         if args.overlay is not None:
             check_output_dir(args.overlay.parent)
@@ -165,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{args.video}: --start {args.start} is beyond the end ({info.num_frames} frames)"
             )
-        masks = args.mask or [default_mask(args.video)]
         first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=frame_size(source, args.start))
         model = load_model(args, _PROG)
         total = None if info.num_frames is None else len(range(args.start, info.num_frames, args.stride))

@@ -366,10 +366,14 @@ def _resume_point(
         return start, first
     if writer.overlay is not None:
         names = {r["index"]: r["name"] for r in done[:-1]}
-        for index, frame in source.frames(start, stride):
-            if index >= last["index"]:
-                break
-            writer.write_overlay_frame(frame, writer.resumed_label_map(names[index]))
+        frames = source.frames(start, stride)
+        try:
+            for index, frame in frames:
+                if index >= last["index"]:
+                    break
+                writer.write_overlay_frame(frame, writer.resumed_label_map(names[index]))
+        finally:
+            frames.close()  # before tracking opens the source again
     init = load_first_mask(label_map)
     init.palette, init.source = first.palette, f"{last['name']}.png (resumed)"
     return int(last["index"]), init
