@@ -1,6 +1,6 @@
 """Segment a PerSeg-layout dataset with a chosen model and method, then score it (mIoU, mAcc, bIoU).
 
-    python eval/perseg.py --root data/PerSeg --out runs/perseg_vit_h --model sam_vit_h --method persam
+    python eval/perseg.py --data data/PerSeg --pred runs/perseg_vit_h --model sam_vit_h --method persam
 
 For every concept ``<root>/Images/<concept>/``, the object is learned from image ``<ref-idx>`` and
 its mask ``<root>/Annotations/<concept>/<ref-idx>.png``, every image of the concept (the reference
@@ -77,10 +77,23 @@ def predict_perseg(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The names of 'persam eval perseg' (--data, --pred); --root and --out still work.
     parser.add_argument(
-        "--root", type=Path, required=True, help="PerSeg root holding Images/ and Annotations/"
+        "--data",
+        "--root",
+        dest="root",
+        type=Path,
+        required=True,
+        help="PerSeg root holding Images/ and Annotations/",
     )
-    parser.add_argument("--out", type=Path, required=True, help="prediction folder (<out>/<concept>/*.png)")
+    parser.add_argument(
+        "--pred",
+        "--out",
+        dest="out",
+        type=Path,
+        required=True,
+        help="prediction folder (<pred>/<concept>/*.png)",
+    )
     parser.add_argument("--method", type=normalize_method, default="persam", help="persam or persam-f")
     parser.add_argument("--ref-idx", default="00", help="reference image name (default 00)")
     parser.add_argument("--concepts", help="comma-separated subset of concepts")
@@ -112,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     except PersegEvaluationError as e:
         print(f"perseg: error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(f"model {args.model}, method {args.method}, {len(report)} concepts, {seconds:.1f} s")
+    print(f"model {model.name}, method {args.method}, {len(report)} concepts, {seconds:.1f} s")
     print(format_table(result))
     if args.json:
         scores = {k: getattr(result, k) for k in ("mIoU", "mAcc", "bIoU", "bIoU_pooled", "bIoU_api_min")}
         per_concept = {c.name: {"IoU": c.IoU, "Acc": c.Acc, "bIoU": c.bIoU} for c in result.concepts}
-        doc = {"model": args.model, "method": args.method, "ref_idx": args.ref_idx, "seconds": seconds}
+        doc = {"model": model.name, "method": args.method, "ref_idx": args.ref_idx, "seconds": seconds}
         doc.update(scores=scores, concepts=per_concept, runs=report)
         args.json.write_text(json.dumps(doc, indent=2))
     return 1 if any(r["failed"] for r in report.values()) else 0

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from persam.errors import InputError, OutputPathError
+from persam.pixels import open_within_limit, png_significant_bits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -36,21 +37,27 @@ def _open(path: PathLike) -> Image.Image:
     if p.is_dir():
         raise InputError(f"{p}: is a directory, expected an image file")
     try:
-        im = Image.open(p)
+        im = open_within_limit(p)
         im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as e:
         raise InputError(f"{p}: cannot read image ({type(e).__name__}: {e})") from None
     return im
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    """Scales 16-bit / float arrays to uint8 (full range), leaves uint8 alone."""
+def _to_uint8(a: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Scales 16-bit / float arrays to uint8 (full range), leaves uint8 alone.
+
+    Integers are scaled by the ``bits`` the file declares; without it, by 16 bits when a value
+    exceeds 255 (so a 12-bit image in a 16-bit file that does not say so comes out dark).
+    """
     if a.dtype == np.uint8:
         return a
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
     if np.issubdtype(a.dtype, np.integer):
-        maxval = 65535 if a.max(initial=0) > 255 else 255
+        maxval = (1 << bits) - 1 if bits else 65535 if a.max(initial=0) > 255 else 255
         return np.clip(np.round(a.astype(np.float64) * (255.0 / maxval)), 0, 255).astype(np.uint8)
     a = a.astype(np.float64)
     if a.max(initial=0.0) <= 1.0:
@@ -58,16 +65,19 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
-def image_to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Converts an array image (``[H, W]``, ``[H, W, 1|3|4]``, any numeric dtype) to ``uint8 [H, W, 3]``."""
+def image_to_rgb(image: np.ndarray, name: str = "image", bits: int | None = None) -> np.ndarray:
+    """Converts an array image (``[H, W]``, ``[H, W, 1|3|4]``, any numeric dtype) to ``uint8 [H, W, 3]``
+    (``bits``: the significant bits of integer samples, when known)."""
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise InputError(f"{name}: expected an image of shape [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"{name}: image is empty ({a.shape[0]}x{a.shape[1]})")
-    a = _to_uint8(a)
+        raise InputError(f"{name}: image is empty ({a.shape[1]}×{a.shape[0]} pixels, W×H)")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise InputError(f"{name}: image holds NaN or infinite values")
+    a = _to_uint8(a, bits)
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     elif a.shape[2] == 4:
@@ -77,32 +87,38 @@ def image_to_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
 
 def load_image(path: PathLike) -> np.ndarray:
     """Reads an image file as ``uint8 [H, W, 3]`` RGB, applying its EXIF orientation."""
-    return _pil_to_rgb(_open(path), str(path))
+    path = Path(path)
+    im = _open(path)
+    bits = png_significant_bits(path) if im.format == "PNG" else None
+    return _pil_to_rgb(im, str(path), bits)
 
 
 def load_image_bytes(data: bytes, name: str) -> np.ndarray:
     """Decodes the bytes of an image file exactly as :func:`load_image` reads the file (``name``
     stands for the file in messages)."""
     try:
-        im = Image.open(io.BytesIO(data))
+        im = open_within_limit(io.BytesIO(data), name)
         im.load()
+    except InputError:
+        raise
     except UnidentifiedImageError as e:
         # Worded as PIL words it for a file, so both readers report a bad file the same way.
         raise InputError(
             f"{name}: cannot read image ({type(e).__name__}: cannot identify image file {name!r})"
         ) from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, MemoryError) as e:
         raise InputError(f"{name}: cannot read image ({type(e).__name__}: {e})") from None
-    return _pil_to_rgb(im, name)
+    bits = png_significant_bits(data) if im.format == "PNG" else None
+    return _pil_to_rgb(im, name, bits)
 
 
-def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
+def _pil_to_rgb(im: Image.Image, name: str, bits: int | None = None) -> np.ndarray:
     try:
         im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         pass
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return image_to_rgb(np.asarray(im).astype(np.int64), name)
+        return image_to_rgb(np.asarray(im).astype(np.int64), name, bits)
     if im.mode == "F":
         return image_to_rgb(np.asarray(im), name)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -148,6 +164,11 @@ def load_label_map(path: PathLike) -> np.ndarray:
             # A colour-coded label image: each distinct colour (black = background) is one object.
             flat = a.reshape(-1, a.shape[2])
             colours, inv = np.unique(flat, axis=0, return_inverse=True)
+            if len(colours) > 256:
+                raise InputError(
+                    f"{path}: looks like a colour photo, not a mask ({len(colours)} colours); give a "
+                    "black-and-white, palette or transparent PNG"
+                )
             order = np.argsort([tuple(c) != (0,) * a.shape[2] for c in colours], kind="stable")
             remap = np.empty(len(colours), np.int64)
             remap[order] = np.arange(len(colours))
@@ -170,6 +191,8 @@ def mask_to_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
             raise InputError(f"{name}: expected a mask of shape [H, W] or [H, W, 3], got {a.shape}")
     if a.ndim != 2:
         raise InputError(f"{name}: expected a mask of shape [H, W], got {a.shape}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise InputError(f"{name}: mask holds NaN or infinite values")
     return a.astype(bool) if a.dtype != bool else a.copy()
 
 
@@ -349,7 +372,7 @@ def check_same_size(
     if tuple(mask.shape[:2]) != tuple(image.shape[:2]):
         mh, mw = mask.shape[:2]
         ih, iw = image.shape[:2]
-        raise InputError(f"{mask_name}: mask is {mw}x{mh} pixels but image {image_name} is {iw}x{ih}")
+        raise InputError(f"{mask_name}: mask is {mw}×{mh} pixels (W×H) but image {image_name} is {iw}×{ih}")
 
 
 def load_reference(

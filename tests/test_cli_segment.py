@@ -554,7 +554,7 @@ def _bad_input_cases(scenes: Path, tmp: Path) -> list[tuple[list, str]]:
         ),
         (
             ["--ref", ref, "--ref-mask", tmp / "small_mask.png", targets, *std],
-            "small_mask.png: mask is 80x61",
+            "small_mask.png: mask is 80×61",
         ),
         (["--ref", tmp / "corrupt.png", "--ref-mask", mask, targets, *std], "corrupt.png: cannot read image"),
         (["--ref", tmp / "missing.jpg", "--ref-mask", mask, targets, *std], "missing.jpg: file not found"),
@@ -814,7 +814,7 @@ def test_eval_perseg_runner_on_synthetic_dataset(tiny, tmp_path, capsys) -> None
     root = tmp_path / "perseg"
     _make_perseg(root, {"ball": 3, "disc": 2})
     runner = _load_script(ROOT / "eval" / "perseg.py")
-    argv = ["--root", root, "--out", tmp_path / "pred", "--json", tmp_path / "r.json", "-q"]
+    argv = ["--data", root, "--pred", tmp_path / "pred", "--json", tmp_path / "r.json", "-q"]
     rc = runner.main([str(a) for a in [*argv, "--model", tiny["config"], "--checkpoint", tiny["ckpt0"]]])
     assert rc == 0
     assert sorted(

@@ -59,7 +59,10 @@ def test_list_shows_cache_state(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split() == ["NAME", "MODEL", "SIZE", "CACHED", "PATH"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(w.CHECKPOINTS)
-    assert "yes" in rows["sam_vit_b"].split() and rows["sam_vit_b"].endswith(str(cached))
+    # A 1-byte file is no complete checkpoint: its state says so rather than "yes".
+    assert "size mismatch (1 of 375042383 bytes)" in rows["sam_vit_b"] and rows["sam_vit_b"].endswith(
+        str(cached)
+    )
     assert "no" in rows["sam_vit_h"].split() and "2.4 GiB" in rows["sam_vit_h"]
     assert rows["sam_vit_h"].endswith(str(w.cache_location("sam_vit_h")))
     assert " ? " in rows["efficient_sam_vit_t"]
@@ -122,7 +125,16 @@ def test_download_checksum_failure(
     assert rc == 2
     err = _one_line_error(capsys.readouterr().err)
     assert "sam_vit_b_01ec64.pth" in err and "expected 375042383" in err
-    assert list(out_dir.iterdir()) == []
+    assert not out_dir.exists()  # the failed download leaves no empty folder behind
+
+
+def test_download_into_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f").write_text("mine")
+    for target in (tmp_path / "f", tmp_path / "f" / "sub"):
+        assert main(["weights", "download", "sam_vit_b", "--dir", str(target), "-q"]) == 2
+        err = _one_line_error(capsys.readouterr().err)
+        assert err.startswith(f"persam weights: error: --dir cannot download into {target}") and "is a" in err
+    assert (tmp_path / "f").read_text() == "mine"
 
 
 def test_download_errors(served: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,3 +195,36 @@ def test_download_quiet_has_the_short_option_of_the_other_commands() -> None:
 
     assert build_parser().parse_args(["weights", "download", "sam_vit_b", "-q"]).quiet is True
     assert build_parser().parse_args(["segment", "x", "-o", "o", "-q"]).quiet is True
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command; the weights-only loader never does."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo persam-test-should-never-run",))
+
+
+def test_checkpoint_that_would_run_code_is_called_unsafe_not_corrupt(tmp_path: Path, capsys) -> None:
+    import torch
+
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsCode()}, path)
+    assert main(["weights", "verify", str(path)]) == 0  # hashing never unpickles
+    capsys.readouterr()
+    with pytest.raises(w.WeightsError) as info:
+        w.read_state_dict(path)
+    msg = str(info.value)
+    assert "holds code or Python objects that cannot be loaded safely (posix.system)" in msg
+    assert "corrupt" not in msg and "\n" not in msg
+    assert "persam-test-should-never-run" not in capsys.readouterr().out
+
+
+def test_interrupted_download_says_how_to_resume(monkeypatch, capsys) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(w, "download", interrupted)
+    assert main(["weights", "download", "sam_vit_b", "-q"]) == 130
+    assert "run the command again to resume" in capsys.readouterr().err

@@ -182,7 +182,7 @@ EDGE_ERRORS = {
     "pred_missing_sequence_folder": r"beta: prediction frame 00001 not found",
     "pred_object_id_not_in_gt": r"alpha: prediction .*alpha/00002\.png contains object id 3 .* 2 object",
     "pred_rgb_png": r"alpha: prediction .*alpha/00001\.png is a RGB image",
-    "pred_wrong_size": r"alpha: prediction .*alpha/00001\.png is 40x32 .* 64x48",
+    "pred_wrong_size": r"alpha: prediction .*alpha/00001\.png is 40×32 .* 64×48",
     "sequence_with_two_frames": r"beta: 2 annotation frame\(s\)",
     "sequence_without_images": r"beta: no \.jpg frames",
 }
@@ -321,3 +321,38 @@ def test_cli_unusable_output_dir_fails_before_evaluating(tmp_path: Path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("persam eval: error:")
     assert "--output-dir" in err[0] and "a_file is a file" in err[0]
+
+
+def test_cli_read_only_results_folder_fails_before_evaluating(tmp_path: Path, capsys, monkeypatch) -> None:
+    import tempfile
+
+    import persam.evaluation.davis as davis_mod
+
+    davis_root, res = _tiny_davis(tmp_path)
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # root ignores chmod, so the folder refuses here
+        if dir is not None and Path(dir) == res:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(davis_mod, "evaluate_davis", lambda *a, **k: pytest.fail("evaluated"))
+    rc = cli_main(["eval", "davis", "--davis-root", str(davis_root), "--results", str(res)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not writable" in err[0] and "--output-dir" in err[0]
+
+
+def test_cli_prints_the_numbers_when_the_csv_cannot_be_written(tmp_path: Path, capsys, monkeypatch) -> None:
+    import persam.evaluation.davis as davis_mod
+
+    davis_root, res = _tiny_davis(tmp_path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(davis_mod, "save_official_csvs", disk_full)
+    rc = cli_main(["eval", "davis", "--davis-root", str(davis_root), "--results", str(res), "--workers", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "J&F-Mean" in out and "one" in out
+    assert "the results were not saved" in err and "No space left" in err

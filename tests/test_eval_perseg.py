@@ -227,7 +227,7 @@ def test_missing_prediction_file_is_an_error_naming_it(perseg: Path, tmp_path: P
 def test_size_mismatch_is_an_error_naming_the_file(perseg: Path) -> None:
     d, expected = _edge(perseg, "pred_size_mismatch")
     assert expected["runs"][0]["outcome"] == "exception"
-    with pytest.raises(PersegEvaluationError, match=r"toy/01\.png.*20x15.*40x30"):
+    with pytest.raises(PersegEvaluationError, match=r"toy/01\.png.*20×15 \(W×H\).*40×30"):
         evaluate_perseg(d / "data", d / "outputs" / "small")
 
 

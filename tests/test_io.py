@@ -158,7 +158,7 @@ def test_load_reference_checks_size_and_emptiness(tmp_path: Path) -> None:
     good = np.zeros((20, 30), np.uint8)
     good[5:10, 5:10] = 255
     Image.fromarray(good).save(tmp_path / "good.png")
-    with pytest.raises(io.InputError, match=r"wide\.png: mask is 31x20 .* is 30x20"):
+    with pytest.raises(io.InputError, match=r"wide\.png: mask is 31×20 .* is 30×20"):
         io.load_reference(tmp_path / "ref.png", tmp_path / "wide.png")
     with pytest.raises(io.InputError, match=r"empty\.png: reference mask is empty"):
         io.load_reference(tmp_path / "ref.png", tmp_path / "empty.png")

@@ -363,7 +363,7 @@ def test_bad_reference_inputs(model, scene, tmp_path):
     img, mask, _ = scene
     with pytest.raises(InputError, match="empty"):
         learn(model, img, np.zeros_like(mask))
-    with pytest.raises(InputError, match=r"64x64 but the reference image .* 128x128"):
+    with pytest.raises(InputError, match=r"64×64 but the reference image .* 128×128"):
         learn(model, img, np.ones((64, 64), bool))
     tiny = np.zeros_like(mask)
     tiny[50, 50] = True  # covers half of one embedding cell at most
@@ -429,12 +429,10 @@ def test_mask_from_prompts_rejects_bad_prompts(model, scene):
 def test_mask_from_prompts_rejects_prompts_outside_the_image(model, scene, monkeypatch):
     img, _, _ = scene  # 128 x 128
     cases = {
-        r"point \(5000, 5000\) is outside the image \(128x128 pixels, W x H\)": {"points": [[5000, 5000]]},
+        r"point \(5000, 5000\) is outside the image \(128×128 pixels, W×H\)": {"points": [[5000, 5000]]},
         r"point \(128, 5\) is outside": {"points": [[10, 10], [128, 5]], "labels": [1, 0]},
         r"point \(3, -0.5\) is outside": {"points": [[3, -0.5]]},
-        r"box \[200, 10, 300, 50\] is outside the image \(128x128 pixels, W x H\)": {
-            "box": [200, 10, 300, 50]
-        },
+        r"box \[200, 10, 300, 50\] is outside the image \(128×128 pixels, W×H\)": {"box": [200, 10, 300, 50]},
         r"box \[-50, -40, -1, 0\] is outside": {"box": [-50, -40, -1, 0]},
         r"x0 <= x1": {"box": [90, 10, 20, 50]},
     }

@@ -28,7 +28,7 @@ def test_check_prompts_normalises_and_names_the_problem():
     _, _, box = check_prompts(None, None, [1, 2, 3, 4], (30, 40))
     assert box.tolist() == [1, 2, 3, 4]
     cases = {
-        r"point \(45, 2\) is outside the image \(40x30 pixels, W x H\)": ([[1, 2], [45, 2]], None, None),
+        r"point \(45, 2\) is outside the image \(40×30 pixels, W×H\)": ([[1, 2], [45, 2]], None, None),
         r"labels must be 0 \(background\) or 1": ([[1, 2]], [2], None),
         r"labels must have one entry per point": ([[1, 2]], [1, 0], None),
         r"box \[50, 1, 60, 5\] is outside": (None, None, [50, 1, 60, 5]),

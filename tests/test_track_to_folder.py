@@ -75,7 +75,7 @@ def test_skip_done_resumes_and_failures_leave_nothing(scene, tmp_path, monkeypat
 
 def test_mask_of_another_size_is_named(scene, tmp_path):
     frames, _ = scene
-    with pytest.raises(InputError, match="mask is 64x48 but the video frames are 128x96"):
+    with pytest.raises(InputError, match=r"mask is 64×48 \(W×H\) but the video frames are 128×96"):
         track_to_folder(ColourBackbone(), frames, np.ones((48, 64), np.uint8), tmp_path / "o")
     assert not (tmp_path / "o").exists()
 

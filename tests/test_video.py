@@ -312,12 +312,12 @@ def test_bad_tracking_inputs(scene, tmp_path):
     model = ColourBackbone()
     with pytest.raises(InputError, match="no object"):
         list(track(model, frames, np.zeros((H, W), np.uint8)))
-    with pytest.raises(InputError, match="mask is 64x48 but the video frames are 128x96"):
+    with pytest.raises(InputError, match=r"mask is 64×48 \(W×H\) but the video frames are 128×96"):
         list(track(model, frames, np.ones((48, 64), np.uint8)))
     with pytest.raises(InputError, match="beyond the end"):
         list(track(model, frames, labels[0], start=len(frames)))
     png = write_palette_png(tmp_path / "small.png", np.ones((48, 64), np.uint8))
-    with pytest.raises(InputError, match=r"small\.png: mask is 64x48"):
+    with pytest.raises(InputError, match=r"small\.png: mask is 64×48"):
         list(track(model, frames, png))
     with pytest.raises(ValueError, match="method"):
         VideoTracker(model, method="sam2")
@@ -426,7 +426,7 @@ def test_first_mask_kinds(tmp_path):
         load_first_mask(np.zeros((H, W), np.uint8))
     with pytest.raises(InputError, match="mask 1: the mask holds no object"):
         load_first_mask([a, np.zeros_like(a)])
-    with pytest.raises(InputError, match=r"ids\.png: mask is 128x96 but the video frames are 64x48"):
+    with pytest.raises(InputError, match=r"ids\.png: mask is 128×96 \(W×H\) but the video frames are 64×48"):
         load_first_mask(tmp_path / "ids.png", size=(48, 64))
 
 

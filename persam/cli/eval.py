@@ -91,6 +91,18 @@ def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"{_PROG}: warning: {one_line(w.message)}", file=sys.stderr)
 
 
+def check_csv_not_input(csv: Path, *roots: Path) -> None:
+    """Refuses a ``--csv`` that is one of the masks being scored (an image under ``--data`` or
+    ``--pred``): writing the table there would destroy it."""
+    from persam.io import IMAGE_EXTENSIONS, InputError
+    from persam.paths import is_within
+
+    if csv.suffix.lower() in IMAGE_EXTENSIONS and any(is_within(csv, r) for r in roots if r.is_dir()):
+        raise InputError(
+            f"--csv {csv}: would overwrite an input image under --data / --pred; choose a .csv name"
+        )
+
+
 def _perseg(args: argparse.Namespace) -> int:
     from persam.evaluation.perseg import evaluate_perseg, format_official, format_table, write_csv
     from persam.io import InputError, check_output_dir
@@ -99,6 +111,7 @@ def _perseg(args: argparse.Namespace) -> int:
         if args.csv is not None:  # checked before the (slow) evaluation
             if args.csv.is_dir():
                 raise InputError(f"--csv {args.csv}: is a folder, expected a file name")
+            check_csv_not_input(args.csv, args.data, args.pred)
             try:
                 check_output_dir(args.csv.parent)
             except InputError as e:
@@ -132,22 +145,28 @@ def _davis(args: argparse.Namespace) -> int:
 
     try:
         out_dir = args.output_dir if args.output_dir is not None else args.results
-        if args.output_dir is not None:  # checked before the (slow) evaluation
-            try:
+        # Checked before the (slow) evaluation, the results folder too: it may be read-only.
+        try:
+            if args.output_dir is not None or args.results.is_dir():
                 check_output_dir(out_dir)
-            except InputError as e:
-                raise InputError(f"--output-dir {e}") from None
+        except InputError as e:
+            option = "--output-dir" if args.output_dir is not None else "--results (pass --output-dir)"
+            raise InputError(f"{option} {e}") from None
         result = evaluate_davis(
             args.davis_root, args.results, gt_set=args.gt_set, workers=args.workers, sequences=args.sequences
         )
+    except (InputError, OSError) as e:
+        return fail(_PROG, str(e))
+    written, error = [], None
+    try:
         written = save_official_csvs(result, out_dir)
         if args.full_precision:
             written += save_full_precision_csvs(result, out_dir)
-    except (InputError, OSError) as e:
-        return fail(_PROG, str(e))
+    except (InputError, OSError) as e:  # the numbers are printed all the same
+        error = str(e)
     if math.isnan(result.global_results["J&F-Mean"]):
         print(f"{_PROG}: warning: no sequence has objects; every global number is NaN", file=sys.stderr)
     for path in written:
         print(f"Results saved in {path}")
     print(format_tables(result))
-    return 0
+    return fail(_PROG, f"the results were not saved: {error}") if error is not None else 0

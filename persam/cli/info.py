@@ -74,13 +74,14 @@ def _weights_lines() -> list[str]:
         folder = weights.checkpoints_dir()
         # Registered models with official weights, by the name --model takes.
         specs = [registry.get_spec(name) for name in registry.list_models()]
-        rows = [(spec.name, weights.cached_path(spec.checkpoint)) for spec in specs if spec.checkpoint]
+        rows = [(spec.name, weights.cache_state(spec.checkpoint)) for spec in specs if spec.checkpoint]
     except Exception as e:
         return [f"weights  unavailable ({type(e).__name__}: {e})"]
     lines = [f"weights  {folder}"]
     width = max((len(name) for name, _ in rows), default=0)
-    for name, path in rows:
-        lines.append(f"  {name.ljust(width)}  {'cached' if path else 'not cached'}")
-    n = sum(path is not None for _, path in rows)
+    for name, state in rows:
+        shown = {"no": "not cached", "yes": "cached"}.get(state, f"cached, {state.removeprefix('yes, ')}")
+        lines.append(f"  {name.ljust(width)}  {shown}")
+    n = sum(state != "no" for _, state in rows)
     lines.append(f"  {n} of {len(rows)} official checkpoints cached (download: persam weights download NAME)")
     return lines

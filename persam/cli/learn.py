@@ -11,8 +11,10 @@ from pathlib import Path
 
 from persam.cli.options import (
     CommandError,
+    add_image_limit_argument,
     add_model_arguments,
     add_reference_arguments,
+    apply_image_limit,
     fail,
     learn_concept,
     load_model,
@@ -38,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--name", metavar="NAME", help="label stored with the concept (default: the file name)"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing file that is not a concept file"
+    )
+    add_image_limit_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar (PerSAM-F fitting)")
     add_model_arguments(parser)
     parser.set_defaults(func=run)
@@ -45,11 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from persam.io import InputError, check_output_dir
+    from persam.paths import check_not_input
+    from persam.personalize.concept import is_concept_file
 
     try:
         if args.output.is_dir():
             raise CommandError(f"{args.output}: is a folder, expected a concept file name")
+        check_not_input(args.output, {"--ref": args.ref, "--ref-mask": args.ref_mask}, "-o")
+        if args.output.exists() and not args.overwrite and not is_concept_file(args.output):
+            raise CommandError(
+                f"-o {args.output}: exists and is not a persam concept file; pass --overwrite to replace it"
+            )
         check_output_dir(args.output.parent)  # created by the save
+        apply_image_limit(args)
         refs = read_references(args)
         model = load_model(args, _PROG)
         concept = learn_concept(

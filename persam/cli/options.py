@@ -4,6 +4,7 @@ prompts, and reporting errors as one line."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=None,
         metavar="NAME|CONFIG.json",
         help=f"registry name (see 'persam weights list') or a model config JSON (default {DEFAULT_MODEL})",
     )
@@ -94,7 +95,7 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
     from persam.weights import WeightsError
 
     device = resolve_device(args.device)
-    model = args.model
+    model = args.model or DEFAULT_MODEL
     if model.lower().endswith(".json") and not Path(model).is_file():
         raise CommandError(f"{model}: model config file not found")
     if model.lower().endswith(".json") and str(args.checkpoint).lower() == "auto":
@@ -114,13 +115,46 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
             return backbone
         return build_model(model, checkpoint=args.checkpoint, device=device, dtype=args.dtype)
     except (WeightsError, InputError, ValueError, KeyError, OSError) as e:
-        raise CommandError(one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)) from None
+        message = one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if model.lower().endswith(".json") and model not in message and "config" in message:
+            message = f"{model}: {message}"  # which config file is meant
+        raise CommandError(message) from None
     except RuntimeError as e:  # e.g. out of memory, unsupported dtype on a device
         raise CommandError(f"--model {model}: cannot load on {device} ({one_line(e)})") from None
     except Exception as e:  # a damaged checkpoint can fail deep inside the unpickler
+        if model.lower().endswith(".json") and random_weights:  # no checkpoint read: the config is at fault
+            raise CommandError(
+                f"{model}: cannot build the model ({type(e).__name__}: {one_line(e)})"
+            ) from None
         raise CommandError(
             f"--checkpoint {args.checkpoint}: cannot load ({type(e).__name__}: {one_line(e)})"
         ) from None
+
+
+def add_image_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--max-image-pixels`` (see :mod:`persam.pixels`)."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels (JPEGs are read at reduced size instead); 0 for no limit "
+        "(default: $PERSAM_MAX_IMAGE_PIXELS or 100000000)",
+    )
+
+
+def apply_image_limit(args: argparse.Namespace) -> None:
+    """Puts ``--max-image-pixels`` in force and checks ``$PERSAM_MAX_IMAGE_PIXELS``."""
+    from persam.pixels import max_image_pixels, set_max_image_pixels
+
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is not None and limit < 0:
+        raise CommandError(f"--max-image-pixels {limit}: expected 0 (no limit) or a positive number")
+    set_max_image_pixels(limit)
+    try:
+        max_image_pixels()
+    except InputError as e:
+        raise CommandError(one_line(e)) from None
 
 
 # ---------------------------------------------------------------------------------------- prompts
@@ -216,6 +250,7 @@ class References:
         points: ``[N, 2]`` (x, y) clicks on ``images[0]``, or None; labels ``[N]`` 1 / 0.
         box: ``[4]`` XYXY box on ``images[0]``, or None.
         source: the reference file name, for messages.
+        mask_source: the reference mask's file name (empty when prompts gave the object).
     """
 
     images: list[np.ndarray]
@@ -224,6 +259,7 @@ class References:
     labels: np.ndarray | None = None
     box: np.ndarray | None = None
     source: str = ""
+    mask_source: str = ""
 
 
 def read_references(args: argparse.Namespace) -> References:
@@ -253,7 +289,8 @@ def read_references(args: argparse.Namespace) -> References:
     try:
         if not prompts:
             pairs = [load_reference(r, m) for r, m in zip(refs, masks, strict=True)]
-            return References([p[0] for p in pairs], [p[1] for p in pairs], source=str(refs[0]))
+            images, bool_masks = [p[0] for p in pairs], [p[1] for p in pairs]
+            return References(images, bool_masks, source=str(refs[0]), mask_source=str(masks[0]))
         image = as_image(refs[0])
     except InputError as e:
         raise CommandError(one_line(e)) from None
@@ -262,14 +299,18 @@ def read_references(args: argparse.Namespace) -> References:
     if ref_points:
         out.points = np.array([[x, y] for x, y, _ in ref_points], np.float64)
         out.labels = np.array([lab for _, _, lab in ref_points], np.int64)
+        if not out.labels.any() and not args.ref_box:
+            raise CommandError(
+                "--ref-points: every point is a background click (label 0); click the object at least once"
+            )
         outside = points_outside(out.points, (h, w))
         if outside.any():
             x, y = out.points[int(np.argmax(outside))]
-            raise CommandError(f"--ref-points: point {x:g},{y:g} lies outside {refs[0]} ({w}x{h} pixels)")
+            raise CommandError(f"--ref-points: point {x:g},{y:g} lies outside {refs[0]} ({w}×{h} pixels)")
     if args.ref_box:
         out.box = np.array(args.ref_box, np.float64)
         if box_misses_image(out.box, (h, w)):
-            raise CommandError(f"--ref-box: box lies outside {refs[0]} ({w}x{h} pixels)")
+            raise CommandError(f"--ref-box: box lies outside {refs[0]} ({w}×{h} pixels)")
     return out
 
 
@@ -295,6 +336,12 @@ def learn_concept(
         return learn(model, refs.images, masks, method=method, name=name, progress=progress)
     except InputError as e:
         message = one_line(e)
-        if refs.source not in message:
-            message = f"{refs.source}: {message}"
+        # The API names arrays "ref_mask" / "ref_image"; here they have file names.
+        label = re.match(r"ref_(mask|image)(\[\d+\])?: ", message)
+        message = message[label.end() :] if label else message
+        # A problem of the mask (too small, say) names the mask file, not the photo.
+        mask_fault = label.group(1) == "mask" if label else "mask" in message
+        at_fault = refs.mask_source if refs.mask_source and mask_fault else refs.source
+        if refs.source not in message and (not refs.mask_source or refs.mask_source not in message):
+            message = f"{at_fault}: {message}"
         raise CommandError(message) from None

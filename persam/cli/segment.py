@@ -16,10 +16,13 @@ from pathlib import Path
 
 from persam.cli.engine import add_engine_arguments, check_engine, list_targets, ray_segmenter
 from persam.cli.options import (
+    EXIT_ERROR,
     EXIT_PARTIAL,
     CommandError,
+    add_image_limit_argument,
     add_model_arguments,
     add_reference_arguments,
+    apply_image_limit,
     fail,
     learn_concept,
     load_model,
@@ -76,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type (default jpg)"
     )
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    add_image_limit_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     add_engine_arguments(parser, what="images")
@@ -92,8 +96,9 @@ def default_concept_name(args: argparse.Namespace) -> str:
     return name or "object"
 
 
-def load_concept(path: Path, model):
-    """Loads a saved concept for ``model``; a missing, corrupt or foreign file is a :class:`CommandError`."""
+def load_concept(path: Path, model=None):
+    """Loads a saved concept (bound to ``model`` when given); a missing, corrupt, crafted or foreign
+    file is a :class:`CommandError`."""
     from persam.personalize import Concept
 
     if not path.is_file():
@@ -107,11 +112,35 @@ def load_concept(path: Path, model):
         raise CommandError(message) from None
 
 
+def model_of_concept(args: argparse.Namespace, concept) -> None:
+    """Without ``--model``, the model is the one recorded in the concept file (and its random
+    weights when it was learned with ``--checkpoint none``), not the default."""
+    from persam import registry
+
+    if args.model is not None:
+        return
+    if not registry.is_registered(concept.backbone_name):
+        raise CommandError(
+            f"{args.concept}: learned with model {concept.backbone_name!r}, which is not a registry "
+            "name; pass --model CONFIG.json (and --checkpoint) as when it was learned"
+        )
+    args.model = concept.backbone_name
+    if str(args.checkpoint).lower() == "auto" and concept.checkpoint_id.startswith("random:"):
+        args.checkpoint = "none"
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from persam.io import InputError, check_output_dir, list_images
-    from persam.pipelines.image_set import check_concept_name, parse_save, segment_image_set
+    from persam.pipelines.image_set import (
+        check_concept_name,
+        check_output_layout,
+        check_outputs_not_inputs,
+        output_names,
+        parse_save,
+        segment_image_set,
+    )
 
     try:
         points, extra_targets = split_points(args.ref_points)
@@ -129,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 "give a reference (--ref with --ref-mask, --ref-points or --ref-box) or --concept"
             )
         # Check everything cheap before loading the model.
+        apply_image_limit(args)
         save = parse_save(args.save)
         check_engine(args)
         images = list_images(args.targets) if args.engine == "local" else list_targets(args)
@@ -141,12 +171,24 @@ def run(args: argparse.Namespace) -> int:
             check_concept_name(concept_name, save)
         except InputError as e:
             raise CommandError(f"--concept-name: {e} (choose another one with --concept-name)") from None
+        check_output_layout(args.output, save, concept_name)
+        inputs = {"--ref": args.ref, "--ref-mask": args.ref_mask, "--concept": [args.concept or ""]}
+        inputs = {k: [p for p in v if p] for k, v in inputs.items()}
+        check_outputs_not_inputs(
+            args.output,
+            output_names(images),
+            save,
+            concept_name,
+            args.overlay_format,
+            {"TARGET": images, **inputs},
+        )
         refs = read_references(args) if args.concept is None else None
-        if args.concept is not None and not args.concept.is_file():
-            raise CommandError(f"{args.concept}: concept file not found")
+        saved = load_concept(args.concept) if args.concept is not None else None
+        if saved is not None:
+            model_of_concept(args, saved)
 
         model = load_model(args, _PROG)
-        if refs is None:
+        if saved is not None:
             concept = load_concept(args.concept, model)
         else:
             concept = learn_concept(model, refs, args.method, name=concept_name, progress=not args.quiet)
@@ -162,8 +204,12 @@ def run(args: argparse.Namespace) -> int:
             overlay_format=args.overlay_format,
             progress=not args.quiet,
             log=lambda msg: tqdm.write(f"{_PROG}: {msg}", file=sys.stderr),
+            inputs=inputs,
         )
     except (CommandError, InputError) as e:
         return fail(_PROG, str(e))
+    if summary.failed and not (summary.segmented or summary.skipped):
+        print(f"{_PROG}: error: nothing could be done: {summary.line()}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"{_PROG}: {summary.line()} -> {args.output}")
     return EXIT_PARTIAL if summary.failed else 0

@@ -88,6 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="box growth in pixels (default 10)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the frames of another run in OUT (or PNG files no run wrote) and an existing "
+        "--overlay file",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     add_engine_arguments(parser, what="videos")
@@ -123,11 +129,31 @@ def default_mask(video: Path) -> Path:
     raise CommandError("--mask: a first-frame mask is required (the label PNG of the first tracked frame)")
 
 
+def check_inputs_kept(args: argparse.Namespace, masks: list[Path]) -> None:
+    """Refuses outputs that are inputs: the overlay video written over the source video or a
+    mask, or label maps written into the frame folder or over the first-frame mask."""
+    from persam.paths import check_not_input, is_within, same_file
+
+    if args.overlay is not None:
+        check_not_input(args.overlay, {"VIDEO": [args.video], "--mask": masks}, "--overlay")
+    if args.video.is_dir() and is_within(args.output, args.video):
+        raise CommandError(
+            f"-o {args.output}: is inside the frame folder {args.video}; choose another folder"
+        )
+    if not args.video.is_dir() and same_file(args.output, args.video):
+        raise CommandError(f"-o {args.output}: is the input video; choose an output folder")
+    for m in masks:
+        if m.suffix.lower() == ".png" and same_file(m.parent, args.output):
+            raise CommandError(
+                f"-o {args.output}: holds the input --mask {m}, which a label map would replace"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from persam.io import InputError, check_output_dir
-    from persam.pipelines.video import track_to_folder
+    from persam.pipelines.video import check_overlay_target, track_to_folder
     from persam.readers import frame_size, load_first_mask, open_video
 
     if args.engine == "ray":
@@ -139,9 +165,12 @@ def run(args: argparse.Namespace) -> int:
         args.video = Path(args.video[0])
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
             raise CommandError(f"--overlay {args.overlay}: use a .mp4 or .avi file name")
+        masks = args.mask or [default_mask(args.video)]
+        check_inputs_kept(args, masks)
         check_output_dir(args.output)
         if args.overlay is not None:
             check_output_dir(args.overlay.parent)
+            check_overlay_target(args.output, args.overlay, args.overwrite)
         # Everything cheap is checked before the model is loaded.
         source = open_video(args.video)
         info = source.info
@@ -149,9 +178,8 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{args.video}: --start {args.start} is beyond the end ({info.num_frames} frames)"
             )
-        masks = args.mask or [default_mask(args.video)]
         first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=frame_size(source, args.start))
-        model = load_model(args)
+        model = load_model(args, _PROG)
         total = None if info.num_frames is None else len(range(args.start, info.num_frames, args.stride))
         meta = {
             "video": str(args.video),
@@ -175,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
                 topk=args.topk,
                 box_margin=args.box_margin,
                 metadata=meta,
+                overwrite=args.overwrite,
                 on_frame=lambda _: bar.update(1),
             )
         finally:
@@ -185,5 +214,6 @@ def run(args: argparse.Namespace) -> int:
         if "source" in locals():
             source.close()
     where = f"{args.output}" + (f" and {args.overlay}" if args.overlay is not None else "")
-    print(f"{_PROG}: {summary.frames} frame(s), {len(first.object_ids)} object(s) -> {where}")
+    resumed = f" ({summary.resumed} kept from an interrupted run)" if summary.resumed else ""
+    print(f"{_PROG}: {summary.frames} frame(s){resumed}, {len(first.object_ids)} object(s) -> {where}")
     return 0

@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
                 name,
                 info.model,
                 w.format_size(info.size),
-                "yes" if cached else "no",
+                w.cache_state(info),
                 str(cached or w.cache_location(info)),
             )
         )
@@ -112,7 +112,11 @@ def _download(args: argparse.Namespace) -> int:
             warnings.simplefilter("always", w.UnverifiedCheckpointWarning)
             path = w.download(info, args.dir, url=args.url, progress=not args.quiet)
     except w.WeightsError as e:
-        return fail(_PROG, str(e))
+        return fail(_PROG, f"--dir {e}" if args.dir is not None and str(args.dir) in str(e) else str(e))
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted; the partial download is kept, run the command again to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
     for warning in caught:
         print(f"{_PROG}: warning: {warning.message}", file=sys.stderr)
     print(path)

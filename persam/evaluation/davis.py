@@ -143,8 +143,8 @@ def _read_labels(path: Path, sequence: str, kind: str) -> np.ndarray:
 def _check_shape(a: np.ndarray, expected: tuple[int, ...], path: Path, sequence: str, kind: str) -> None:
     if a.shape != expected:
         raise DavisEvaluationError(
-            f"{sequence}: {kind} {path} is {a.shape[1]}x{a.shape[0]} (WxH) but the first annotation "
-            f"frame is {expected[1]}x{expected[0]}"
+            f"{sequence}: {kind} {path} is {a.shape[1]}×{a.shape[0]} (W×H) but the first annotation "
+            f"frame is {expected[1]}×{expected[0]}"
         )
 
 

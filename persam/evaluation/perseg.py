@@ -198,8 +198,8 @@ def _evaluate_image(concept: str, gt_path: Path, pred_path: Path, dilation_ratio
     pred = read_binary_mask(pred_path)
     if gt.shape != pred.shape:
         raise PersegEvaluationError(
-            f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the annotation "
-            f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}"
+            f"{pred_path}: prediction is {pred.shape[1]}×{pred.shape[0]} (W×H) but the annotation "
+            f"{gt_path} is {gt.shape[1]}×{gt.shape[0]}"
         )
     b = boundary_iou_stats(gt, pred, dilation_ratio)
     return PersegImageRecord(

@@ -75,6 +75,13 @@ class Concept:
     def check_compatible(self, model: Backbone) -> None:
         """Raises :class:`ConceptMismatchError` unless ``model`` is the backbone and weights this
         concept was learned with."""
+        width = int(self.target_feat.shape[-1])
+        model_width = getattr(model, "embed_dim", width)
+        if width != model_width:
+            raise ConceptMismatchError(
+                f"concept features are {width} wide but model {model.name!r} gives {model_width}; "
+                "learn it again with this model"
+            )
         if model.name != self.backbone_name or model.checkpoint_id != self.checkpoint_id:
             raise ConceptMismatchError(
                 f"concept {self.name or ''!s}{' ' if self.name else ''}was learned with backbone "
@@ -164,35 +171,81 @@ class Concept:
             raise InputError(f"{p}: concept file not found")
         data = _read_concept_arrays(p)
         try:
-            meta = json.loads(bytes(data["metadata"].astype(np.uint8)).decode("utf-8"))
-            if meta.get("format") != CONCEPT_FORMAT:
-                raise ValueError(f"format is {meta.get('format')!r}")
-            version = int(meta["format_version"])
-            if version > CONCEPT_FORMAT_VERSION:
-                raise ValueError(
-                    f"format version {version} is newer than supported ({CONCEPT_FORMAT_VERSION})"
-                )
-            method = meta["method"]
-            if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}")
-            feat = torch.from_numpy(data["target_feat"].astype(np.float32)).reshape(1, -1)
-            emb = torch.from_numpy(data["target_embedding"].astype(np.float32)).reshape(1, 1, -1)
-            weights = None
-            if method == "persam_f":
-                weights = torch.from_numpy(data["mask_weights"].astype(np.float32)).reshape(3)
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
-            raise InputError(f"{p}: not a valid persam concept file ({describe(e)})") from None
-        concept = cls(
+            concept = cls._from_arrays(data)
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError, AttributeError, RuntimeError) as e:
+            reason = f"missing {e.args[0]!r}" if isinstance(e, KeyError) and e.args else describe(e)
+            raise InputError(f"{p}: not a valid persam concept file ({reason})") from None
+        if model is not None:
+            try:
+                return concept.bind(model)
+            except ConceptMismatchError as e:
+                raise ConceptMismatchError(f"{p}: {e}") from None
+        return concept
+
+    @classmethod
+    def _from_arrays(cls, data: dict[str, np.ndarray]) -> Concept:
+        """The concept of a file's arrays, every entry checked (a file may be damaged or crafted)."""
+        meta = json.loads(bytes(data["metadata"].astype(np.uint8)).decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"its metadata is a JSON {type(meta).__name__}, not an object")
+        if meta.get("format") != CONCEPT_FORMAT:
+            raise ValueError(f"format is {meta.get('format')!r}")
+        version = int(meta["format_version"])
+        if version > CONCEPT_FORMAT_VERSION:
+            raise ValueError(f"format version {version} is newer than supported ({CONCEPT_FORMAT_VERSION})")
+        method = meta["method"]
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        for key in ("backbone", "checkpoint_id"):
+            if not isinstance(meta[key], str) or not meta[key]:
+                raise ValueError(f"{key!r} is not a name")
+        options, name = meta.get("options") or {}, meta.get("name")
+        if not isinstance(options, dict) or not (name is None or isinstance(name, str)):
+            raise ValueError("'options' / 'name' have the wrong type")
+        feat = _float_array(data, "target_feat")
+        emb = _float_array(data, "target_embedding")
+        dim = int(meta.get("feature_dim", feat.size))
+        if not (feat.size == emb.size == dim > 0):
+            raise ValueError(
+                f"feature widths disagree (target_feat {feat.size}, target_embedding {emb.size}, "
+                f"feature_dim {dim})"
+            )
+        weights = None
+        if method == "persam_f":
+            w = _float_array(data, "mask_weights")
+            if w.size != 3:
+                raise ValueError(f"mask_weights holds {w.size} values, expected 3")
+            weights = torch.from_numpy(w).reshape(3)
+        return cls(
             method=method,
-            target_feat=feat,
-            target_embedding=emb,
+            target_feat=torch.from_numpy(feat).reshape(1, -1),
+            target_embedding=torch.from_numpy(emb).reshape(1, 1, -1),
             mask_weights=weights,
-            backbone_name=str(meta["backbone"]),
-            checkpoint_id=str(meta["checkpoint_id"]),
-            options=dict(meta.get("options") or {}),
-            name=meta.get("name"),
+            backbone_name=meta["backbone"],
+            checkpoint_id=meta["checkpoint_id"],
+            options=dict(options),
+            name=name,
         )
-        return concept.bind(model) if model is not None else concept
+
+
+def _float_array(data: dict[str, np.ndarray], key: str) -> np.ndarray:
+    a = data[key]
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{key} holds {a.dtype} values, not numbers")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{key} holds NaN or infinite values")
+    return a
+
+
+def is_concept_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file written by :meth:`Concept.save` (so replacing it loses nothing
+    the user did not ask to replace)."""
+    try:
+        _read_concept_arrays(Path(path))
+    except InputError:
+        return False
+    return True
 
 
 def _read_concept_arrays(p: Path) -> dict[str, np.ndarray]:

@@ -48,8 +48,8 @@ def load_reference(
     m = as_mask(mask, mname)
     if m.shape != img.shape[:2]:
         raise InputError(
-            f"{mname}: mask is {m.shape[0]}x{m.shape[1]} but the reference image {iname} is "
-            f"{img.shape[0]}x{img.shape[1]} (H x W)"
+            f"{mname}: mask is {m.shape[1]}×{m.shape[0]} but the reference image {iname} is "
+            f"{img.shape[1]}×{img.shape[0]} (W×H)"
         )
     if not m.any():
         raise InputError(f"{mname}: mask is empty (no foreground pixel)")
@@ -175,7 +175,7 @@ def learn_on_current_image(
     m = as_mask(mask, "mask")
     if m.shape != tuple(model.original_size):
         h, w = model.original_size
-        raise InputError(f"mask is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h} (W x H)")
+        raise InputError(f"mask is {m.shape[1]}×{m.shape[0]} but the image is {w}×{h} (W×H)")
     if not m.any():
         raise InputError("mask is empty (no foreground pixel)")
     threshold = resolve_coverage_threshold(mask_value, coverage_threshold)

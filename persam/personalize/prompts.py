@@ -91,7 +91,7 @@ def check_prompts(
         outside = points_outside(pts, size)
         if outside.any():
             x, y = pts[int(np.argmax(outside))]
-            raise InputError(f"point ({x:g}, {y:g}) is outside the image ({w}x{h} pixels, W x H)")
+            raise InputError(f"point ({x:g}, {y:g}) is outside the image ({w}×{h} pixels, W×H)")
         lab = (
             np.ones(len(pts), np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
         )
@@ -109,7 +109,7 @@ def check_prompts(
             raise InputError(f"box must satisfy x0 <= x1 and y0 <= y1, got {bx.tolist()}")
         if box_misses_image(bx, size):
             corners = ", ".join(f"{v:g}" for v in bx)
-            raise InputError(f"box [{corners}] is outside the image ({w}x{h} pixels, W x H)")
+            raise InputError(f"box [{corners}] is outside the image ({w}×{h} pixels, W×H)")
     if pts is None and bx is None:
         raise InputError("give at least one point or a box")
     return pts, lab, bx

@@ -114,7 +114,7 @@ def reference_grid_mask(
         cell = max(hw) / max(selected.shape)
         raise MaskTooSmallError(
             "reference mask too small: no embedding cell is foreground; an embedding cell spans "
-            f"about {cell:.0f}x{cell:.0f} pixels of this {hw[0]}x{hw[1]} image and must be covered "
+            f"about {cell:.0f}×{cell:.0f} pixels of this {hw[1]}×{hw[0]} (W×H) image and must be covered "
             f"to {threshold:.1%} (use a larger mask or a lower coverage_threshold)"
         )
     return selected

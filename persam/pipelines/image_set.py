@@ -35,6 +35,8 @@ from persam.outputs import (
     STATE_FILE,
     ImageSetWriter,
     check_concept_name,
+    check_output_layout,
+    check_outputs_not_inputs,
     parse_save,
 )
 from persam.personalize import Concept, SegmentationResult
@@ -47,6 +49,8 @@ __all__ = [
     "ImageFailure",
     "ImageSetSummary",
     "check_concept_name",
+    "check_output_layout",
+    "check_outputs_not_inputs",
     "concept_fingerprint",
     "output_names",
     "parse_save",
@@ -148,6 +152,7 @@ def segment_image_set(
     overlay_format: str = "jpg",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    inputs: dict[str, Sequence[PathLike]] | None = None,
 ) -> ImageSetSummary:
     """Segments ``concept`` in every target image and writes the chosen outputs.
 
@@ -164,6 +169,8 @@ def segment_image_set(
         max_instances: passed to :meth:`Concept.segment`.
         progress: show a progress bar on stderr.
         log: receives one line per failed image (default: printed to stderr above the bar).
+        inputs: other files the caller read (option -> paths, e.g. the reference); like the
+            targets, none of them may be an output file.
 
     Returns:
         An :class:`ImageSetSummary`. Raises :class:`InputError` when there is nothing to segment
@@ -173,9 +180,20 @@ def segment_image_set(
     if not paths:
         shown = targets if isinstance(targets, (str, os.PathLike)) else ", ".join(map(str, targets))
         raise InputError(f"{shown}: no images found")
-    fingerprint = concept_fingerprint(concept, concept_name, max_instances)
-    writer = ImageSetWriter(out_dir, save, concept_name, overlay_format, fingerprint)
     names = output_names(paths)
+    check_outputs_not_inputs(
+        out_dir, names, parse_save(save), concept_name, overlay_format, {"TARGET": paths, **(inputs or {})}
+    )
+    fingerprint = concept_fingerprint(concept, concept_name, max_instances)
+    created = not Path(out_dir).exists()
+    writer = ImageSetWriter(out_dir, save, concept_name, overlay_format, fingerprint)
+    foreign = writer.foreign_output(names) if fingerprint is not None and not overwrite else None
+    if foreign is not None:
+        raise InputError(
+            f"{foreign}: exists and was not written by a persam segment run; pass --overwrite to "
+            "replace it, or choose another output folder"
+        )
+    writer.claim()
     file_names = relative_names(paths)
     segment = _segment_fn(concept, max_instances)
     summary = ImageSetSummary()
@@ -206,7 +224,23 @@ def segment_image_set(
     finally:
         bar.close()
         writer.flush()
+        if created and not summary.segmented:
+            writer.unclaim()
+            _remove_empty_tree(writer.out_dir)  # nothing was written: leave no empty folder behind
     return summary
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Removes ``folder`` if it holds nothing but empty folders."""
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def as_masks(result: SegmentationResult | Masks) -> Masks:

@@ -7,6 +7,8 @@ The trackers themselves live in :mod:`persam.tracking` (``tracker="persam"``:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,6 +38,7 @@ __all__ = [
     "FrameResult",
     "TrackSummary",
     "VideoTracker",
+    "check_overlay_target",
     "expand_box",
     "track",
     "track_to_folder",
@@ -162,15 +165,86 @@ class TrackSummary:
     """What :func:`track_to_folder` did.
 
     Attributes:
-        frames: frames written (0 when skipped). object_ids: the tracked objects.
+        frames: frames written (0 when skipped), those of a resumed run included.
+        object_ids: the tracked objects.
         skipped: the folder held a finished run already (``skip_done``); nothing was computed.
+        resumed: frames a killed earlier run had committed, kept rather than computed again.
         seconds: wall time of the tracking and writing.
     """
 
     frames: int = 0
     object_ids: list[int] = field(default_factory=list)
     skipped: bool = False
+    resumed: int = 0
     seconds: float = 0.0
+
+
+def _run_parameters(
+    model: Backbone, info: Any, first: FirstMask, tracker: str | Tracker, **options: Any
+) -> dict[str, Any] | None:
+    """What decides a run's label maps; a run can only resume or extend one with equal parameters
+    (None: a tracker object, which has no recorded identity)."""
+    if not isinstance(tracker, str):
+        return None
+    return {
+        "video": None if info.backend == "arrays" else os.path.realpath(info.source),
+        "frames": info.num_frames,
+        "first_mask": hashlib.sha256(np.ascontiguousarray(first.label_map, np.uint8).tobytes()).hexdigest(),
+        "object_ids": list(first.object_ids),
+        "tracker": tracker,
+        "model": model.name,
+        "checkpoint": model.checkpoint_id,
+        **options,
+    }
+
+
+def _finished_run(out: Path) -> dict[str, Any] | None:
+    """The ``scores.json`` of the run that finished in ``out``, or None."""
+    scores = out / LabelMapWriter.scores_name
+    try:
+        doc = json.loads(scores.read_text(encoding="utf-8")) if scores.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_overlay_target(out_dir: str | os.PathLike, overlay: str | os.PathLike, overwrite: bool) -> None:
+    """Raises :class:`InputError` when ``overlay`` exists but is not the overlay video of the run
+    that finished in ``out_dir`` (someone's file, which only ``overwrite`` may replace)."""
+    if overwrite or not Path(overlay).exists():
+        return
+    doc = _finished_run(Path(out_dir))
+    if doc is None or doc.get("overlay") != os.path.realpath(overlay):
+        raise InputError(
+            f"--overlay {overlay}: exists and is not an overlay of an earlier run into {out_dir}; "
+            "pass --overwrite to replace it"
+        )
+
+
+def _check_folder_reuse(out: Path, run: dict[str, Any] | None, overwrite: bool) -> list[str]:
+    """Refuses to mix this run's frames with another run's, or to write among PNG files no run
+    wrote, unless ``overwrite``; returns the frame files of an earlier run (replaced at commit)."""
+    doc = _finished_run(out)
+    old_frames = [f.get("name") for f in doc.get("frames") or [] if isinstance(f, dict)] if doc else []
+    old_frames = [f"{n}.png" for n in old_frames if isinstance(n, str)]
+    if overwrite or not out.is_dir():
+        return old_frames
+    if doc is None:
+        if next(out.glob("*.png"), None) is not None:
+            raise InputError(
+                f"{out}: holds PNG files that no persam track run wrote; pass --overwrite to write "
+                "among them, or choose another folder"
+            )
+        return []
+    before = doc.get("run")
+    if run is None or before != run:
+        diff = [k for k in (run or {}) if not isinstance(before, dict) or before.get(k) != run[k]]
+        what = f" (its {', '.join(diff[:3])} differ{'s' * (len(diff) == 1)})" if diff else ""
+        raise InputError(
+            f"{out}: holds the frames of another track run{what}; pass --overwrite to replace them, "
+            "or choose another folder"
+        )
+    return old_frames
 
 
 def track_to_folder(
@@ -181,6 +255,7 @@ def track_to_folder(
     *,
     overlay: str | os.PathLike | None = None,
     skip_done: bool = False,
+    overwrite: bool = False,
     tracker: str | Tracker = "persam",
     method: str = "persam",
     compat: str = "fixed",
@@ -192,15 +267,21 @@ def track_to_folder(
     on_frame: Callable[[FrameResult], None] | None = None,
 ) -> TrackSummary:
     """Tracks a video and writes ``OUT/<frame>.png`` (DAVIS palette PNGs: the first mask's palette,
-    else the DAVIS one), ``OUT/scores.json`` (per frame and object: score, presence, box) and,
-    with ``overlay``, an overlay video (``.mp4``, ``.avi`` or ``.webm``).
+    else the DAVIS one), ``OUT/scores.json`` (per frame and object: score, presence, box, and the
+    run's parameters) and, with ``overlay``, an overlay video (``.mp4``, ``.avi`` or ``.webm``).
 
     Nothing appears unless the whole video was processed: the files are staged and moved into
     place at the end, the scores file last, so a folder holding ``scores.json`` is a finished run.
+    The staged label maps are the state of the run: a run killed part way (even by SIGKILL) is
+    resumed by the next run with the same parameters, the tracker starting again from the last
+    label map written (frames it had written are not computed again; the overlay is redrawn).
 
     Args:
-        out_dir: output folder (created; files already there are kept).
-        overlay: path of the overlay video, or None.
+        out_dir: output folder (created). Frames of an earlier run with other parameters, or PNG
+            files no run wrote, are an :class:`InputError` unless ``overwrite`` (then the earlier
+            run's frames are replaced).
+        overlay: path of the overlay video, or None; an existing file that is not an overlay of
+            an earlier run into ``out_dir`` needs ``overwrite``.
         skip_done: leave a folder that holds a finished run alone (so an interrupted batch of
             videos resumes where it stopped).
         metadata: extra entries for ``scores.json``.
@@ -221,35 +302,78 @@ def track_to_folder(
         size = info.size if info.size is not None else frame_size(source, start)
         if first.size != tuple(size):
             raise InputError(
-                f"{first.source}: mask is {first.size[1]}x{first.size[0]} but the video frames are "
-                f"{size[1]}x{size[0]}"
+                f"{first.source}: mask is {first.size[1]}×{first.size[0]} (W×H) but the video frames are "
+                f"{size[1]}×{size[0]}"
             )
+        options = {"method": method, "compat": compat, "start": start, "stride": stride}
+        run = _run_parameters(model, info, first, tracker, topk=topk, box_margin=box_margin, **options)
+        old_frames = _check_folder_reuse(out, run, overwrite)
         meta = {"object_ids": first.object_ids, "fps": info.fps, "start": start, "stride": stride}
         meta.update(metadata or {})
+        meta.update(run=run, overlay=None if overlay is None else os.path.realpath(overlay))
         palette = first.palette or list(DAVIS_PALETTE)
-        results = track(
-            model,
-            source,
-            first,
-            tracker=tracker,
-            method=method,
-            compat=compat,
-            start=start,
-            stride=stride,
-            topk=topk,
-            box_margin=box_margin,
-            keep_images=overlay is not None,
+        writer = LabelMapWriter(
+            out, palette=palette, overlay=overlay, fps=info.fps / stride, metadata=meta, run=run
         )
-        n = 0
-        writer = LabelMapWriter(out, palette=palette, overlay=overlay, fps=info.fps / stride, metadata=meta)
         with writer:
+            begin, init = _resume_point(writer, source, first, start, stride)
+            results = track(
+                model,
+                source,
+                init,
+                tracker=tracker,
+                method=method,
+                compat=compat,
+                start=begin,
+                stride=stride,
+                topk=topk,
+                box_margin=box_margin,
+                keep_images=overlay is not None,
+            )
             for res in results:
                 name = info.frame_name(res.index)
+                if init is not first and res.index == begin:  # the resumed frame: already written
+                    if overlay is not None:
+                        writer.write_overlay_frame(res.image, res.masks.label_map())
+                    continue
                 writer.write(name, res.masks, res.image, dict(res.to_record(), name=name))
-                n += 1
                 if on_frame is not None:
                     on_frame(res)
+            writer.replaced = old_frames
+        n = len(writer.records)
     finally:
         if source is not frames:
             source.close()
-    return TrackSummary(frames=n, object_ids=list(first.object_ids), seconds=time.perf_counter() - t0)
+    resumed = len(writer.resumed)
+    return TrackSummary(
+        frames=n, object_ids=list(first.object_ids), resumed=resumed, seconds=time.perf_counter() - t0
+    )
+
+
+def _resume_point(
+    writer: LabelMapWriter, source: FrameSource, first: FirstMask, start: int, stride: int
+) -> tuple[int, FirstMask]:
+    """Where tracking starts: ``start`` with ``first``, or, resuming, the last frame a killed run
+    wrote, with its label map (frames before it are only drawn into the overlay)."""
+    done = writer.resumed
+    if len(done) < 2:
+        writer.forget_resumed()
+        return start, first
+    last = done[-1]
+    label_map = writer.resumed_label_map(last["name"])
+    if not set(first.object_ids) <= set(np.unique(label_map).tolist()):
+        writer.forget_resumed()  # an object is lost there: it cannot be learned again from it
+        return start, first
+    if writer.overlay is not None:
+        names = {r["index"]: r["name"] for r in done[:-1]}
+        frames = source.frames(start, stride)
+        try:
+            for index, frame in frames:
+                if index >= last["index"]:
+                    break
+                writer.write_overlay_frame(frame, writer.resumed_label_map(names[index]))
+        finally:
+            frames.close()  # before tracking opens the source again
+    init = load_first_mask(label_map)
+    init.palette, init.source = first.palette, f"{last['name']}.png (resumed)"
+    return int(last["index"]), init

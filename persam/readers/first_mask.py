@@ -106,8 +106,8 @@ def load_first_mask(
                 m = mask_to_bool(np.asarray(item), f"mask {k}")
                 names.append(f"mask {k}")
             if m.shape != masks[0].shape if masks else False:
-                raise InputError(f"{names[-1]}: mask is {m.shape[1]}x{m.shape[0]}, the first one is "
-                                 f"{masks[0].shape[1]}x{masks[0].shape[0]}")  # fmt: skip
+                raise InputError(f"{names[-1]}: mask is {m.shape[1]}×{m.shape[0]} (W×H), the first one is "
+                                 f"{masks[0].shape[1]}×{masks[0].shape[0]}")  # fmt: skip
             if not m.any():
                 raise InputError(f"{names[-1]}: the mask holds no object (every pixel is background)")
             masks.append(m)
@@ -119,7 +119,7 @@ def load_first_mask(
         first = FirstMask(labels, list(range(1, len(masks) + 1)), masks, None, ", ".join(names))
     if size is not None and first.size != tuple(size):
         raise InputError(
-            f"{first.source}: mask is {first.size[1]}x{first.size[0]} but the video frames are "
-            f"{size[1]}x{size[0]}"
+            f"{first.source}: mask is {first.size[1]}×{first.size[0]} (W×H) but the video frames are "
+            f"{size[1]}×{size[0]}"
         )
     return first

@@ -9,8 +9,10 @@ as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +81,8 @@ class FrameSource:
             self.info.size = size
         elif size != self.info.size:
             raise InputError(
-                f"{self.info.source}: frame {index} is {size[1]}x{size[0]}, "
-                f"earlier frames are {self.info.size[1]}x{self.info.size[0]}"
+                f"{self.info.source}: frame {index} is {size[1]}×{size[0]} (W×H), "
+                f"earlier frames are {self.info.size[1]}×{self.info.size[0]}"
             )
         return frame
 
@@ -92,6 +94,30 @@ def _check_range(info: VideoInfo, start: int, stride: int) -> None:
         raise InputError(f"start must be >= 0, got {start}")
     if info.num_frames is not None and start >= info.num_frames:
         raise InputError(f"{info.source}: start frame {start} is beyond the end ({info.num_frames} frames)")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silences what native decoders print while a video is opened.
+
+    FFmpeg (inside decord and OpenCV) and decord's own logger write straight to file descriptor 2,
+    below Python's ``sys.stderr``: a damaged file would show their log lines before our one-line
+    error. The descriptor is pointed at the null device for the duration, and restored after.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real descriptor 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _import_decord() -> Any | None:
@@ -237,13 +263,14 @@ def open_video(source: PathLike | Iterable[np.ndarray] | np.ndarray, prefer: str
         raise InputError(f"{path}: is an image; give a video file or a folder of frames")
     decord = _import_decord() if prefer == "decord" else None
     src = None
-    if decord is not None:
-        try:
-            src = DecordSource(path, decord)
-        except Exception:  # unreadable for decord; OpenCV may still read it (or report it)
-            src = None
-    if src is None:
-        src = OpenCVSource(path)
+    with quiet_native_stderr():
+        if decord is not None:
+            try:
+                src = DecordSource(path, decord)
+            except Exception:  # unreadable for decord; OpenCV may still read it (or report it)
+                src = None
+        if src is None:
+            src = OpenCVSource(path)
     if src.info.num_frames == 0:
         raise InputError(f"{path}: video holds no frames")
     return src

@@ -154,8 +154,8 @@ class PerSAMTracker:
         h, w = frame.shape[:2]
         if first_mask.size != (h, w):
             raise InputError(
-                f"{first_mask.source}: mask is {first_mask.size[1]}x{first_mask.size[0]} but the video "
-                f"frames are {w}x{h}"
+                f"{first_mask.source}: mask is {first_mask.size[1]}×{first_mask.size[0]} (W×H) but the video "
+                f"frames are {w}×{h}"
             )
         self._size = (h, w)
         self.model.set_image(frame)

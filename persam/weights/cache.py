@@ -61,6 +61,22 @@ def cached_path(name: str | CheckpointInfo) -> Path | None:
     return path if path.is_file() else None
 
 
+def cache_state(name: str | CheckpointInfo) -> str:
+    """The state of a cached checkpoint without reading it: ``"no"``, ``"yes"`` (its size is the
+    published one; ``persam weights verify`` checks the sha256), ``"yes, size not verified"`` (no
+    published size), or ``"size mismatch (N of M bytes)"`` (truncated or another file)."""
+    info = as_info(name)
+    path = cached_path(info)
+    if path is None:
+        return "no"
+    if info.size is None or info.zipped:
+        return "yes, size not verified"
+    size = path.stat().st_size
+    if size != info.size:
+        return f"size mismatch ({size} of {info.size} bytes)"
+    return "yes"
+
+
 # ------------------------------------------------------------------------------------------- hashing
 
 

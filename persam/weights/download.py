@@ -17,8 +17,8 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
-from persam.errors import UnverifiedCheckpointWarning, WeightsError, first_line
-from persam.io import atomic_path
+from persam.errors import InputError, UnverifiedCheckpointWarning, WeightsError, first_line
+from persam.io import atomic_path, check_output_dir
 from persam.weights.cache import PathLike, cached_path, check_file, checkpoints_dir, file_sha256
 from persam.weights.catalog import CHECKPOINTS, CheckpointInfo, as_info, format_size
 from persam.weights.reading import is_torch_archive, wrapped_member
@@ -181,6 +181,33 @@ def _unzip_checkpoint(archive: Path, final: Path) -> None:
         raise WeightsError(f"{archive.name}: {problem}; the download was removed")
 
 
+def _make_dest(dest: Path) -> list[Path]:
+    """Creates the download folder; returns the folders it created (deepest first)."""
+    try:
+        check_output_dir(dest)
+    except InputError as e:
+        raise WeightsError(f"cannot download into {dest}: {first_line(e)}") from None
+    created = []
+    p = dest
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"{dest}: cannot create folder ({e.strerror or type(e).__name__})") from None
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Removes the folders a failed download created, if it left nothing in them."""
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def download(
     name_or_info: str | CheckpointInfo,
     dest_dir: PathLike | None = None,
@@ -206,7 +233,7 @@ def download(
     final = dest / info.filename
     if final.is_file() and (info.size is None or info.zipped or final.stat().st_size == info.size):
         return final
-    dest.mkdir(parents=True, exist_ok=True)
+    created = _make_dest(dest)
     # A mirror may name the file differently; only a zip archive keeps its own name until unpacked.
     fetched = dest / info.download_name if info.zipped else final
     part = fetched.with_name(fetched.name + ".part")
@@ -217,21 +244,28 @@ def download(
     try:
         digest = _fetch(info.url, part, info.size, progress, timeout, fetched.name)
     except _DownloadFailed as e:
-        resume = " (partial download kept; run again to resume)" if e.partial else ""
+        kept = part.is_file() and part.stat().st_size > 0
+        resume = " (partial download kept; run again to resume)" if kept else ""
+        _remove_empty(created)
         raise WeightsError(
             f"cannot download {info.name} from {info.url}: {e.reason}{resume}. "
             f"Download it by hand and pass --checkpoint PATH, or place it at {final}"
         ) from None
+    except BaseException:
+        _remove_empty(created)
+        raise
 
     size = part.stat().st_size
     if info.size is not None and size != info.size:
         part.unlink()
+        _remove_empty(created)
         raise WeightsError(
             f"{fetched.name}: downloaded {size} bytes from {info.url}, expected {info.size}; "
             "the incomplete file was removed"
         )
     if info.sha256 is not None and digest != info.sha256.lower():
         part.unlink()
+        _remove_empty(created)
         raise WeightsError(
             f"{fetched.name}: sha256 mismatch (expected {info.sha256}, got {digest}); "
             "the corrupt download was removed"

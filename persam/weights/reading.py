@@ -80,12 +80,16 @@ def _load_object(source: Path | io.BytesIO, label: str) -> object:
         try:
             return torch.load(source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            if "Unsupported global" in str(e) or "not an allowed global" in str(e):
-                m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-                what = m.group(1) if m else first_line(e, max_len=200)
+            # The weights-only unpickler refuses anything that would import or call code (a
+            # pickle whose __reduce__ runs os.system, say): that file is unsafe, not damaged.
+            m = re.search(r"GLOBAL ([\w.]+)", str(e))
+            if m or re.search(
+                r"unsupported global|not an allowed global|call reduce|is blocked", str(e), re.I
+            ):
+                what = m.group(1) if m else _torch_reason(e)
                 raise WeightsError(
-                    f"{label}: holds Python objects that cannot be loaded safely ({what}); "
-                    "expected a plain state dict"
+                    f"{label}: holds code or Python objects that cannot be loaded safely ({what}); "
+                    "it was not loaded: expected a plain state dict"
                 ) from None
             raise WeightsError(f"{label}: is truncated or corrupt ({_torch_reason(e)})") from None
         except (

@@ -85,7 +85,7 @@ class FrameReader:
             self.size = size
         elif size != self.size:
             raise InputError(
-                f"frame {idx} is {size[1]}x{size[0]}, earlier frames are {self.size[1]}x{self.size[0]}"
+                f"frame {idx} is {size[1]}×{size[0]} (W×H), earlier frames are {self.size[1]}×{self.size[0]}"
             )
         return frame
 

@@ -66,7 +66,7 @@ def _first_masks(first: Any, size: tuple[int, int]) -> dict[int, np.ndarray]:
     for obj_id, m in out.items():
         if m.shape != size:
             raise InputError(
-                f"mask of object {obj_id} is {m.shape[1]}x{m.shape[0]}, frames are {size[1]}x{size[0]}"
+                f"mask of object {obj_id} is {m.shape[1]}×{m.shape[0]} (W×H), frames are {size[1]}×{size[0]}"
             )
     return out
 

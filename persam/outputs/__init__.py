@@ -25,7 +25,9 @@ import numpy as np
 
 from persam.drawing import render_masks
 from persam.io import InputError, PathLike, ensure_output_dir, save_image, save_png, write_json_atomic
-from persam.results import Masks, mask_bbox_xywh
+from persam.locks import locked
+from persam.outputs.coco import CocoResults, coco_entry
+from persam.results import Masks
 
 MASK_DIR = "masks"
 OVERLAY_DIR = "overlays"
@@ -33,6 +35,9 @@ COCO_FILE = "coco.json"
 SAVE_KINDS = ("mask", "overlay", "coco", "perseg")
 DEFAULT_SAVE = ("mask", "overlay")
 STATE_FILE = ".persam-state.json"
+# Held while the shared files (COCO, state) are read, merged and rewritten: runs into one folder at
+# the same time (other targets) then add to them instead of replacing each other's entries.
+LOCK_FILE = ".persam-state.lock"
 
 # The PerSeg reference code writes predictions with OpenCV as BGR (0, 0, 128): the red channel holds
 # 128, which is (128, 0, 0) in RGB order.
@@ -79,108 +84,6 @@ def save_overlay(path: PathLike, overlay: np.ndarray, quality: int = 90) -> None
     save_image(path, overlay, quality=quality)
 
 
-# ------------------------------------------------------------------------------------------- COCO
-def coco_entry(masks: Masks) -> dict:
-    """The COCO record of one image without ids: its size and its found, non-empty masks (RLE,
-    score, XYWH box, area). Small and JSON-serialisable, so it can be sent from where the masks
-    were computed to where the results file is written."""
-    height, width = masks.image_size
-    kept = masks[masks.found & (masks.areas > 0)]
-    annotations = [
-        {
-            "segmentation": rle,
-            "score": float(score),
-            "bbox": mask_bbox_xywh(mask),
-            "area": int(area),
-            "iscrowd": 0,
-        }
-        for mask, rle, score, area in zip(
-            kept.masks, kept.to_coco_rle(), kept.scores, kept.areas, strict=True
-        )
-    ]
-    return {"height": int(height), "width": int(width), "annotations": annotations}
-
-
-class CocoResults:
-    """A COCO-style results file, updated image by image and written atomically.
-
-    The file is a dict with ``images`` (``id``, ``file_name``, ``height``, ``width``),
-    ``categories`` (one per concept) and ``annotations`` (``id``, ``image_id``, ``category_id``,
-    ``file_name``, ``segmentation`` as compressed RLE, ``score``, ``bbox`` XYWH, ``area``,
-    ``iscrowd`` 0), so ``pycocotools.coco.COCO`` loads it directly. An existing file is read and
-    extended: re-recording an image replaces its earlier entries; other images are kept.
-    """
-
-    def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        self.images: dict[str, dict] = {}
-        self.annotations: dict[str, list[dict]] = {}
-        self.categories: dict[str, int] = {}
-        if self.path.exists():
-            self._read()
-
-    def _read(self) -> None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            cat_names = {c["id"]: c["name"] for c in data.get("categories", [])}
-            by_id = {}
-            for im in data["images"]:
-                self.images[im["file_name"]] = im
-                self.annotations[im["file_name"]] = []
-                by_id[im["id"]] = im["file_name"]
-            for ann in data.get("annotations", []):
-                self.annotations[by_id[ann["image_id"]]].append(ann)
-            self.categories = {name: cid for cid, name in cat_names.items()}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(
-                f"{self.path}: not a readable COCO results file ({type(e).__name__}: {e})"
-            ) from None
-
-    def __contains__(self, file_name: str) -> bool:
-        return file_name in self.images
-
-    def _category_id(self, name: str) -> int:
-        if name not in self.categories:
-            self.categories[name] = max(self.categories.values(), default=0) + 1
-        return self.categories[name]
-
-    def add(self, file_name: str, masks: Masks, concept: str) -> None:
-        """Records one image and its found, non-empty masks (none: an image with no detection)."""
-        self.add_entry(file_name, coco_entry(masks), concept)
-
-    def add_entry(self, file_name: str, entry: dict, concept: str) -> None:
-        """Records one image from its :func:`coco_entry` (computed where the masks are)."""
-        old = self.images.get(file_name)
-        image_id = old["id"] if old else max((im["id"] for im in self.images.values()), default=0) + 1
-        self.images[file_name] = {
-            "id": image_id,
-            "file_name": file_name,
-            "height": int(entry["height"]),
-            "width": int(entry["width"]),
-        }
-        cid = self._category_id(concept)
-        self.annotations[file_name] = [
-            {"image_id": image_id, "category_id": cid, "file_name": file_name, **ann}
-            for ann in entry["annotations"]
-        ]
-
-    def to_dict(self) -> dict:
-        images = sorted(self.images.values(), key=lambda im: im["id"])
-        annotations = []
-        for im in images:
-            for ann in self.annotations.get(im["file_name"], []):
-                annotations.append(
-                    {"id": len(annotations) + 1, **{k: v for k, v in ann.items() if k != "id"}}
-                )
-        categories = [
-            {"id": cid, "name": name} for name, cid in sorted(self.categories.items(), key=lambda kv: kv[1])
-        ]
-        return {"images": images, "categories": categories, "annotations": annotations}
-
-    def save(self) -> None:
-        write_json_atomic(self.path, self.to_dict())
-
-
 # ------------------------------------------------------------------------------------- image sets
 def parse_save(save: str | Sequence[str]) -> tuple[str, ...]:
     """``"mask,overlay"`` or ``["mask", "coco"]`` -> validated tuple of output kinds."""
@@ -198,6 +101,59 @@ def check_concept_name(concept_name: str, save: Sequence[str] = DEFAULT_SAVE) ->
         raise InputError(f"concept name {concept_name!r} cannot be used as a folder name")
     if "perseg" in save and concept_name in (MASK_DIR, OVERLAY_DIR):
         raise InputError(f"concept name {concept_name!r} clashes with the output folder of the same name")
+
+
+def output_paths(
+    out_dir: PathLike, name: str, save: Sequence[str], concept_name: str, overlay_format: str = "jpg"
+) -> dict[str, Path]:
+    """The file each chosen output kind of image ``name`` goes to (COCO: the shared file)."""
+    out = Path(out_dir)
+    paths = {
+        "mask": out / MASK_DIR / f"{name}.png",
+        "overlay": out / OVERLAY_DIR / f"{name}.{overlay_format}",
+        "perseg": out / concept_name / f"{name}.png",
+        "coco": out / COCO_FILE,
+    }
+    return {k: v for k, v in paths.items() if k in save}
+
+
+def check_output_layout(out_dir: PathLike, save: Sequence[str], concept_name: str) -> None:
+    """Raises :class:`InputError` when an output sub-folder of ``out_dir`` is blocked by a file (or
+    ``coco.json`` by a folder): every image would fail, so nothing could be done."""
+    out = Path(out_dir)
+    subs = {"mask": MASK_DIR, "overlay": OVERLAY_DIR, "perseg": concept_name}
+    for kind, sub in subs.items():
+        if kind in save and (out / sub).exists() and not (out / sub).is_dir():
+            raise InputError(f"{out / sub}: is a file, but the {kind} outputs go into a folder of that name")
+    if "coco" in save and (out / COCO_FILE).is_dir():
+        raise InputError(f"{out / COCO_FILE}: is a folder, but the COCO results go into a file of that name")
+
+
+def check_outputs_not_inputs(
+    out_dir: PathLike,
+    names: Sequence[str],
+    save: Sequence[str],
+    concept_name: str,
+    overlay_format: str,
+    inputs: dict[str, Sequence[PathLike]],
+) -> None:
+    """Raises :class:`~persam.errors.OutputPathError` when an output file would be one of ``inputs``
+    (option -> files), e.g. targets taken from ``OUT/masks``: the run would destroy its own input."""
+    import os
+
+    from persam.errors import OutputPathError
+
+    def key(p: PathLike) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    owners = {key(p): (option, p) for option, paths in inputs.items() for p in paths}
+    for name in names:
+        for out in output_paths(out_dir, name, save, concept_name, overlay_format).values():
+            hit = owners.get(key(out))
+            if hit is not None:
+                raise OutputPathError(
+                    f"{out}: output would overwrite the input {hit[0]} {hit[1]}; choose another output folder"
+                )
 
 
 class ImageSetWriter:
@@ -224,6 +180,7 @@ class ImageSetWriter:
         if overlay_format not in ("jpg", "png"):
             raise InputError(f"overlay format must be 'jpg' or 'png', got {overlay_format!r}")
         check_concept_name(concept_name, self.save)
+        check_output_layout(out_dir, self.save, concept_name)
         self.out_dir = ensure_output_dir(out_dir)  # after the checks: a refused run creates nothing
         self.concept_name = concept_name
         self.overlay_format = overlay_format
@@ -231,6 +188,8 @@ class ImageSetWriter:
         self.fingerprint = fingerprint
         self.state_path = self.out_dir / STATE_FILE
         self.state = self._read_state()
+        # (output name, file name) written since the last flush, in writing order (the COCO ids follow it).
+        self._changed: dict[tuple[str, str], None] = {}
         self._dirty = False
         self._saved_at = time.monotonic()
 
@@ -248,18 +207,44 @@ class ImageSetWriter:
 
     def file_paths(self, name: str) -> dict[str, Path]:
         """Output file of each chosen file kind (COCO entries live in one shared file)."""
-        paths = {
-            "mask": self.out_dir / MASK_DIR / f"{name}.png",
-            "overlay": self.out_dir / OVERLAY_DIR / f"{name}.{self.overlay_format}",
-            "perseg": self.out_dir / self.concept_name / f"{name}.png",
-        }
-        return {k: v for k, v in paths.items() if k in self.save}
+        return output_paths(self.out_dir, name, self.save, self.concept_name, self.overlay_format)
 
     def outputs_exist(self, name: str, file_name: str) -> bool:
         """True when every chosen output of this image exists (whatever concept wrote it)."""
         if self.coco is not None and file_name not in self.coco:
             return False
         return all(p.is_file() for p in self.file_paths(name).values())
+
+    def foreign_output(self, names: Sequence[str]) -> Path | None:
+        """The first existing output file of ``names`` in a folder no run has written into (no
+        state file: someone's own file at an output path), or None."""
+        if self.state_path.exists():
+            return None
+        for name in names:
+            for kind, path in self.file_paths(name).items():
+                if kind != "coco" and path.exists():
+                    return path
+        return None
+
+    def claim(self) -> None:
+        """Marks the folder as written by persam (an empty state file), so that files a run killed
+        before its first flush leaves behind count as ours next time."""
+        if self.fingerprint is None or self.state_path.exists():
+            return
+        with locked(self.out_dir / LOCK_FILE):
+            if not self.state_path.exists():
+                write_json_atomic(self.state_path, {"version": 1, "images": {}})
+
+    def unclaim(self) -> None:
+        """Removes the state file again if no run has recorded an image in it (a run that wrote
+        nothing leaves nothing)."""
+        with locked(self.out_dir / LOCK_FILE):
+            try:
+                images = json.loads(self.state_path.read_text(encoding="utf-8"))["images"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            if not images:
+                self.state_path.unlink(missing_ok=True)
 
     def is_current(self, name: str) -> bool:
         """True when this image's outputs were written with this writer's fingerprint."""
@@ -297,6 +282,7 @@ class ImageSetWriter:
             self.coco.add_entry(file_name, entry, self.concept_name)
         if self.fingerprint is not None:
             self.state.setdefault(name, {}).update(dict.fromkeys(self.save, self.fingerprint))
+        self._changed[(name, file_name)] = None
         self._dirty = self.coco is not None or self.fingerprint is not None
         if self._dirty and time.monotonic() - self._saved_at > _FLUSH_SECONDS:
             self.flush()
@@ -308,9 +294,14 @@ class ImageSetWriter:
         """
         if not self._dirty:
             return
-        if self.coco is not None:
-            self.coco.save()
-        if self.fingerprint is not None:
-            write_json_atomic(self.state_path, {"version": 1, "images": self.state})
+        with locked(self.out_dir / LOCK_FILE):
+            if self.coco is not None:
+                self.coco.merge_save([fn for _, fn in self._changed])
+            if self.fingerprint is not None:
+                state = self._read_state()
+                state.update({name: self.state[name] for name, _ in self._changed if name in self.state})
+                write_json_atomic(self.state_path, {"version": 1, "images": state})
+                self.state = state
+        self._changed.clear()
         self._dirty = False
         self._saved_at = time.monotonic()
