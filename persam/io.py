@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from persam.errors import InputError, OutputPathError
+from persam.paths import IMAGE_EXTENSIONS, list_images
 from persam.pixels import open_within_limit, png_significant_bits
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 PathLike = str | os.PathLike
 
-__all__ = ["InputError", "OutputPathError", "PathLike"]  # errors re-exported for existing imports
+# Errors and path listing live below this module; re-exported here for existing imports.
+__all__ = ["IMAGE_EXTENSIONS", "InputError", "OutputPathError", "PathLike", "list_images"]
 
 
 def _open(path: PathLike) -> Image.Image:
@@ -206,35 +206,6 @@ def as_mask(mask: PathLike | np.ndarray, name: str | None = None) -> np.ndarray:
     if isinstance(mask, (str, os.PathLike)):
         return load_mask(mask)
     return mask_to_bool(mask, name or "mask")
-
-
-def list_images(targets: list[PathLike] | PathLike) -> list[Path]:
-    """Expands files, folders (non-recursive, sorted) and glob patterns into a list of image paths."""
-    import glob
-
-    if isinstance(targets, (str, os.PathLike)):
-        targets = [targets]
-    out: list[Path] = []
-    for t in targets:
-        p = Path(t)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
-        elif p.exists():
-            out.append(p)
-        else:
-            matches = sorted(glob.glob(str(t)))
-            if not matches:
-                raise InputError(f"{t}: no such file, folder or glob match")
-            out.extend(Path(m) for m in matches if Path(m).is_file())
-    # A file named twice (``photos/ photos/a.jpg``, ``a.jpg ./a.jpg``) is listed once, first place kept.
-    seen: set[str] = set()
-    unique: list[Path] = []
-    for q in out:
-        key = os.path.normcase(os.path.realpath(q))
-        if key not in seen:
-            seen.add(key)
-            unique.append(q)
-    return unique
 
 
 def _blocking_file(path: Path) -> Path | None:

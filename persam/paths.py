@@ -6,11 +6,14 @@ Paths are compared by identity (``os.path.samefile`` when both exist, else their
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from persam.errors import OutputPathError
+from persam.errors import InputError, OutputPathError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 PathLike = str | os.PathLike
 
@@ -45,3 +48,31 @@ def check_not_input(
                 raise OutputPathError(
                     f"{output}: {what} would overwrite the input {option} {p}; choose another {what} path"
                 )
+
+
+def list_images(targets: list[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """Expands files, folders (non-recursive, sorted) and glob patterns into a list of image paths."""
+
+    if isinstance(targets, (str, os.PathLike)):
+        targets = [targets]
+    out: list[Path] = []
+    for t in targets:
+        p = Path(t)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+        elif p.exists():
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(str(t)))
+            if not matches:
+                raise InputError(f"{t}: no such file, folder or glob match")
+            out.extend(Path(m) for m in matches if Path(m).is_file())
+    # A file named twice (``photos/ photos/a.jpg``, ``a.jpg ./a.jpg``) is listed once, first place kept.
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for q in out:
+        key = os.path.normcase(os.path.realpath(q))
+        if key not in seen:
+            seen.add(key)
+            unique.append(q)
+    return unique
