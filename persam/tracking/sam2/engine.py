@@ -251,7 +251,7 @@ class MemoryEngine:
         key = (h, w, str(device))
         pos = self._mem_pos.get(key)
         if pos is None:
-            pos = self.model.memory_encoder.position_encoding(h, w, device=device)
+            pos = self.model.memory_encoder.memory_pos_enc(h, w, device=device)
             self._mem_pos[key] = pos
         return pos
 
