@@ -247,3 +247,24 @@ def test_non_overlapping_keeps_the_best_object_per_pixel():
     out = non_overlapping(logits)
     assert out[0, 0, 0, 0] == 3.0 and out[1, 0, 0, 0] == -10.0
     assert out[0, 0, 0, 1] == -10.0 and out[1, 0, 0, 1] == 4.0
+
+
+# ------------------------------------------------------------------------------ backbones
+def test_session_over_a_backbone_uses_its_model_and_encoder_dtype(model):
+    from persam.backbones.sam2 import Sam2Backbone
+
+    video = np.stack([scene(t) for t in range(4)])
+    plain = open_session(model, video)
+    plain.add_mask(0, 1, block_mask())
+    expected = [lg for _, _, lg in plain.propagate()]
+    wrapped = open_session(Sam2Backbone(model, "tiny_random_sam2", "random:test"), video)
+    wrapped.add_mask(0, 1, block_mask())
+    assert all(torch.equal(a, b) for (_, _, a), b in zip(wrapped.propagate(), expected, strict=True))
+
+    fast = open_session(Sam2Backbone(model, "tiny_random_sam2", "random:test", dtype=torch.bfloat16), video)
+    assert fast.engine.encoder_dtype == torch.bfloat16
+    fast.add_mask(0, 1, block_mask())
+    results = list(fast.propagate())
+    assert len(results) == 4 and all(
+        lg.dtype == torch.float32 and torch.isfinite(lg).all() for _, _, lg in results
+    )

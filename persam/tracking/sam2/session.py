@@ -46,7 +46,8 @@ class VideoSession:
     """Prompts and propagation over one video for a SAM 2 model.
 
     Args:
-        model: a :class:`persam.models.sam2.Sam2` or a backbone wrapping one (``.model``).
+        model: a :class:`persam.models.sam2.Sam2` or a backbone wrapping one (``.model``; its
+            ``dtype`` is the image encoder's compute dtype).
         video: see :class:`~persam.tracking.sam2.frames.FrameReader`.
         num_frames: length of a stream that does not tell it (normalises the object-pointer
             temporal encoding, see :mod:`persam.tracking.sam2.memory_bank`).
@@ -81,7 +82,7 @@ class VideoSession:
         self.non_overlap_masks = False
         self.add_all_frames_to_correct_as_cond = False
         self.decoder_trace: list[dict[str, Any]] | None = None
-        self.engine = MemoryEngine(self.model)
+        self.engine = MemoryEngine(self.model, encoder_dtype=getattr(model, "dtype", torch.float32))
         self.objects: dict[int, ObjectState] = {}
         self._features: tuple[int, FrameFeatures] | None = None
 
