@@ -268,3 +268,36 @@ def test_session_over_a_backbone_uses_its_model_and_encoder_dtype(model):
     assert len(results) == 4 and all(
         lg.dtype == torch.float32 and torch.isfinite(lg).all() for _, _, lg in results
     )
+
+
+# ------------------------------------------------------------------------------ re-detection
+def test_redetection_brings_a_lost_object_back(model):
+    """The model is made to lose the object whenever it decodes from memory, and to see it when
+    decoding without memory (a search): with re-detection every ``after``-th absent frame becomes
+    a conditioning frame again; without it the object stays lost (official behaviour)."""
+    from persam.tracking.sam2.redetect import Redetector
+
+    from_memory = []
+    hooks = [
+        model.memory_attention.register_forward_hook(lambda *_: from_memory.append(True)),
+        model.sam_mask_decoder.pred_obj_score_head.register_forward_hook(
+            lambda _m, _i, out: torch.full_like(out, -5.0 if from_memory and from_memory.pop() else 5.0)
+        ),
+    ]
+    try:
+        video = np.stack([scene(t, speed=1) for t in range(12)])
+        official = open_session(model, video)
+        official.add_mask(0, 1, block_mask())
+        assert [bool((lg > 0).any()) for _, _, lg in official.propagate()] == [True] + [False] * 11
+
+        session = open_session(model, video)
+        session.redetect = Redetector(after=3, max_redetections=2)
+        session.add_mask(0, 1, block_mask())
+        found = [bool((lg > 0).any()) for _, _, lg in session.propagate()]
+    finally:
+        for h in hooks:
+            h.remove()
+    state = session.objects[1]
+    assert state.concept is not None and abs(float(state.concept.norm()) - 1) < 1e-5
+    assert found == [True, False, False, True, False, False, True, False, False, True, False, False]
+    assert state.redetected == [6, 9] and sorted(state.cond) == [0, 6, 9]  # the oldest (3) dropped
