@@ -257,11 +257,13 @@ def test_session_over_a_backbone_uses_its_model_and_encoder_dtype(model):
     plain = open_session(model, video)
     plain.add_mask(0, 1, block_mask())
     expected = [lg for _, _, lg in plain.propagate()]
-    wrapped = open_session(Sam2Backbone(model, "tiny_random_sam2", "random:test"), video)
+    wrapped = open_session(Sam2Backbone(model, name="tiny_random_sam2", checkpoint_id="random:test"), video)
     wrapped.add_mask(0, 1, block_mask())
     assert all(torch.equal(a, b) for (_, _, a), b in zip(wrapped.propagate(), expected, strict=True))
 
-    fast = open_session(Sam2Backbone(model, "tiny_random_sam2", "random:test", dtype=torch.bfloat16), video)
+    fast = open_session(
+        Sam2Backbone(model, name="tiny_random_sam2", checkpoint_id="random:test", dtype=torch.bfloat16), video
+    )
     assert fast.engine.encoder_dtype == torch.bfloat16
     fast.add_mask(0, 1, block_mask())
     results = list(fast.propagate())
