@@ -118,3 +118,24 @@ def test_tracker_errors(scene):
         tracker.step(frames[0], 0)
     with pytest.raises(InputError, match="mask is 56x40 but the video frames are 28x20"):
         tracker.initialize(frames[0][:20, :28], persam.readers.load_first_mask(labels), 0)
+
+
+def test_cli_track_with_the_sam2_tracker(scene, tmp_path, capsys):
+    from conftest import write_palette_png
+
+    from persam.cli import main
+    from persam.readers import DAVIS_PALETTE
+
+    frames, labels = scene
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames[:2]):
+        Image.fromarray(f).save(folder / f"{i:05d}.png")
+    mask = write_palette_png(tmp_path / "first.png", labels, list(DAVIS_PALETTE))
+    out = tmp_path / "out"
+    args = ["--model", "tiny_random_sam2", "--checkpoint", "none", "--device", "cpu", "-q"]
+    assert main(["track", str(folder), "--mask", str(mask), "-o", str(out), "--tracker", "sam2", *args]) == 0
+    assert "2 frame(s), 2 object(s)" in capsys.readouterr().out
+    doc = json.loads((out / "scores.json").read_text())
+    assert doc["tracker"] == "sam2" and doc["object_ids"] == [2, 5] and len(doc["frames"]) == 2
+    assert np.array_equal(np.asarray(Image.open(out / "00000.png")), labels)
