@@ -66,7 +66,9 @@ def test_engine_video_errors_name_the_problem(engine, video, photo, tmp_path):  
     frames, labels = video
     _write_frames(tmp_path / "clip", frames)
     settings, clip = demo.ModelSettings("colour"), str(tmp_path / "clip")
-    with pytest.raises(demo.DemoError, match="Mark at least one object on the first frame, or give a reference"):
+    with pytest.raises(
+        demo.DemoError, match="Mark at least one object on the first frame, or give a reference"
+    ):
         engine.track_video(settings, clip, np.zeros(labels[0].shape, np.uint8), "persam")
     with pytest.raises(demo.DemoError, match="Unknown tracker 'xmem'"):
         engine.track_video(settings, clip, labels[-1], "persam", tracker="xmem")

@@ -114,10 +114,10 @@ def test_cli_photo_option_errors(video, photo, tmp_path, monkeypatch, capsys):
     Image.fromarray(labels[-1] * 255).save(tmp_path / "first.png")
     monkeypatch.setattr("persam.cli.track.load_model", lambda args: ColourBackbone())
     base = ["track", str(tmp_path / "frames"), "-o", str(tmp_path / "out"), "-q"]
+    ref, first = tmp_path / "dog.png", tmp_path / "first.png"
     cases = [
         (["--ref", str(tmp_path / "dog.png")], "--ref-mask: got 0 mask(s) for 1 --ref image(s)"),
-        (["--ref", str(tmp_path / "dog.png"), "--ref-mask", str(tmp_path / "first.png"),
-          "--mask", str(tmp_path / "first.png")], "--mask cannot be combined with --ref"),  # fmt: skip
+        (["--ref", str(ref), "--ref-mask", str(first), "--mask", str(first)], "--mask cannot be combined"),
         (["--concept", str(tmp_path / "none.persam")], "--concept"),
         (["--mask", str(tmp_path / "first.png"), "--tracker", "sam2"], "tracker 'sam2' needs a SAM 2 model"),
     ]
