@@ -119,7 +119,6 @@ class Sam2Tracker:
         self._stream = self._session.propagate(start_frame_idx=0)
         with torch.no_grad():
             next(self._stream)  # the prompted frame: encodes its memory
-        self._local = 0
         scores: dict[int, float | None] = {o: 1.0 for o in self._ids}
         return FrameResult.from_label_map(
             index, first_mask.label_map.copy(), self._ids, scores, is_reference=True, image=frame
