@@ -126,6 +126,7 @@ def test_cli_track_with_the_sam2_tracker(scene, tmp_path, capsys):
     from persam.cli import main
     from persam.readers import DAVIS_PALETTE
 
+    torch.set_num_threads(1)
     frames, labels = scene
     folder = tmp_path / "frames"
     folder.mkdir()
