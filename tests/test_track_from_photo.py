@@ -66,6 +66,25 @@ def test_track_from_a_photo_finds_the_object_then_tracks_it(video, photo):
         assert r.present == {1: True} and np.array_equal(r.label_map, lab)
 
 
+def test_several_objects_start_on_the_first_frame_with_all_of_them(video, photo):
+    frames, labels = video
+    frames, labels = frames.copy(), labels.copy()
+    frames[APPEARS + 1 :, 44:58, 50:64] = (30, 200, 40)  # a green square, one frame later
+    labels[APPEARS + 1 :, 44:58, 50:64] = 2
+    green_photo = _grey_photo(50, 50)
+    green_mask = np.zeros((50, 50), bool)
+    green_mask[10:30, 15:35] = True
+    green_photo[green_mask] = (35, 190, 45)
+    model = ColourBackbone()
+    concepts = [persam.learn(model, *photo), persam.learn(model, green_photo, green_mask)]
+    results = list(track(model, frames, concepts=concepts, tracker="persam"))
+    assert [r.is_reference for r in results] == [i == APPEARS + 1 for i in range(T)]
+    assert all(r.object_ids == [1, 2] for r in results)
+    assert not any(r.label_map.any() for r in results[: APPEARS + 1])
+    for r, lab in zip(results[APPEARS + 1 :], labels[APPEARS + 1 :], strict=True):
+        assert np.array_equal(r.label_map, lab)
+
+
 def test_find_threshold_and_concept_errors(video, photo):
     frames, labels = video
     model = ColourBackbone()
@@ -105,6 +124,15 @@ def test_cli_track_from_a_photo(video, photo, tmp_path, monkeypatch, capsys):
     assert doc["object_ids"] == [1] and doc["references"] == [str(tmp_path / "dog.png")]
     assert [f["objects"]["1"]["present"] for f in doc["frames"]] == [i >= APPEARS for i in range(T)]
     assert doc["frames"][APPEARS]["reference"]
+    # A saved concept file gives the same run.
+    persam.learn(ColourBackbone(), *photo).save(tmp_path / "dog.persam")
+    again = tmp_path / "again"
+    rc = main(
+        ["track", str(tmp_path / "frames"), "--concept", str(tmp_path / "dog.persam"), "-o", str(again), "-q"]
+    )
+    assert rc == 0
+    for i in range(T):
+        assert np.array_equal(np.asarray(Image.open(again / f"{i:05d}.png")), labels[i])
 
 
 def test_cli_photo_option_errors(video, photo, tmp_path, monkeypatch, capsys):

@@ -135,7 +135,8 @@ def test_cli_track_with_the_sam2_tracker(scene, tmp_path, capsys):
     mask = write_palette_png(tmp_path / "first.png", labels, list(DAVIS_PALETTE))
     out = tmp_path / "out"
     args = ["--model", "tiny_random_sam2", "--checkpoint", "none", "--device", "cpu", "-q"]
-    assert main(["track", str(folder), "--mask", str(mask), "-o", str(out), "--tracker", "sam2", *args]) == 0
+    track_args = ["--tracker", "sam2", "--redetect-after", "1"]
+    assert main(["track", str(folder), "--mask", str(mask), "-o", str(out), *track_args, *args]) == 0
     assert "2 frame(s), 2 object(s)" in capsys.readouterr().out
     doc = json.loads((out / "scores.json").read_text())
     assert doc["tracker"] == "sam2" and doc["object_ids"] == [2, 5] and len(doc["frames"]) == 2
