@@ -154,3 +154,12 @@ def test_cli_photo_option_errors(video, photo, tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_defaults_match_the_library():
+    from persam.cli import track_objects
+    from persam.pipelines import find
+    from persam.tracking import TRACKER_CHOICES
+
+    assert track_objects.FIND_THRESHOLD == find.FIND_THRESHOLD
+    assert track_objects.TRACKER_CHOICES == TRACKER_CHOICES
