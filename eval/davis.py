@@ -2,6 +2,7 @@
 
     python eval/davis.py --davis-root data/DAVIS --out runs/davis_vit_h --model sam_vit_h
     python eval/davis.py --davis-root data/DAVIS --out runs/davis_official --compat official --workers 4
+    python eval/davis.py --davis-root data/DAVIS --out runs/davis_sam2 --model sam2.1_hiera_b+ --tracker sam2
 
 For every sequence of ``<davis-root>/ImageSets/2017/<set>.txt``, the objects of
 ``Annotations/<res>/<seq>/00000.png`` are tracked through ``JPEGImages/<res>/<seq>/`` and written as
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from persam.cli.options import CommandError, add_model_arguments, load_model, normalize_method, one_line
 from persam.io import InputError
-from persam.pipelines.video import track_to_folder
+from persam.pipelines.video_folder import track_to_folder
 from persam.readers import davis_sequence, open_video
 
 
@@ -33,6 +34,7 @@ def predict_davis(
     out: Path,
     sequences: list[str],
     *,
+    tracker: str = "auto",
     method: str = "persam",
     compat: str = "fixed",
     resolution: str = "480p",
@@ -54,6 +56,7 @@ def predict_davis(
                     mask_path,
                     out / seq,
                     skip_done=not overwrite,
+                    tracker=tracker,
                     method=method,
                     compat=compat,
                     on_frame=lambda _, bar=bar: bar.update(1),
@@ -84,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", default="480p")
     p.add_argument("--method", type=normalize_method, default="persam", metavar="persam|persam-f")
     p.add_argument("--compat", choices=("fixed", "official"), default="fixed")
+    p.add_argument(
+        "--tracker",
+        choices=("auto", "persam", "sam2"),
+        default="auto",
+        help="sam2: SAM 2 memory tracker; persam: PerSAM per frame; auto (default): sam2 for SAM 2 models",
+    )
     p.add_argument("--workers", type=int, default=None, help="evaluation processes (default: all CPUs)")
     p.add_argument("--overwrite", action="store_true", help="recompute sequences already predicted")
     p.add_argument("--eval-only", action="store_true", help="only evaluate existing predictions")
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.davis_root,
                 args.out,
                 sequences,
+                tracker=args.tracker,
                 method=args.method,
                 compat=args.compat,
                 resolution=args.resolution,

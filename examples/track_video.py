@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import persam
-from persam.pipelines.video import track_to_folder
+from persam.pipelines.video_folder import track_to_folder
 from persam.tracking import FrameResult
 from persam.weights import WeightsError
 

@@ -300,21 +300,29 @@ class PageCallbacks:
     def on_frame_clear(self, frame) -> tuple:
         return frame, [], "Clicks cleared."
 
-    def run_video(self, video_path, labels, method, settings: ModelSettings, progress) -> tuple:
+    def run_video(
+        self, video_path, labels, method, settings: ModelSettings, progress, tracker: str = "auto",
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple:  # fmt: skip
         res = self.engine.track_video(
             settings, video_path, labels, METHOD_LABELS.get(method, method),
-            progress=lambda f, d: progress(f, desc=d),
+            progress=lambda f, d: progress(f, desc=d), tracker=tracker, reference=reference,
         )  # fmt: skip
         return str(res.video_path), str(res.zip_path), self.done(res.summary, settings)
 
     def on_run_video(
-        self, video, frame, clicks, brush, mask_source, method, model, checkpoint, device, dtype,
-        progress=gr.Progress(),  # noqa: B008
+        self, video, frame, clicks, brush, mask_source, method, tracker, ref_plain, ref_mask, ref_brush,
+        ref_source, model, checkpoint, device, dtype, progress=gr.Progress(),  # noqa: B008
     ) -> tuple:  # fmt: skip
+        """Tracks the objects marked on the first frame, or (``mask_source == "photo"``) the object
+        of the Images tab's reference photo, found on the frames first."""
         settings = _settings(model, checkpoint, device, dtype)
         path = file_path(video)
         if not path:
             raise DemoError("Upload a video first.")
+        if mask_source == "photo":
+            reference = self.reference_from_ui(ref_plain, ref_mask, ref_brush, ref_source)
+            return self.run_video(path, None, method, settings, progress, tracker, reference)
         if frame is None:
             frame = self.engine.first_frame(path)
         if mask_source == "brush":
@@ -325,7 +333,7 @@ class PageCallbacks:
                 raise DemoError("The brushed frame does not match the video size; upload the video again.")
         else:
             labels = self.engine.labels_from_clicks(settings, frame, clicks or [])
-        return self.run_video(path, labels, method, settings, progress)
+        return self.run_video(path, labels, method, settings, progress, tracker)
 
     def api_track_video(
         self, video, first_mask, clicks, method, model, checkpoint, device, dtype,

@@ -25,9 +25,11 @@ from apps.demo.workdir import WorkDir
 from persam.io import InputError
 from persam.outputs import COCO_FILE, MASK_DIR, OVERLAY_DIR
 from persam.personalize import check_prompts, learn, mask_from_prompts
+from persam.pipelines.find import FIND_THRESHOLD
 from persam.pipelines.image_set import output_names, segment_image_set
-from persam.pipelines.video import track_to_folder
+from persam.pipelines.video_folder import track_to_folder
 from persam.readers import open_video
+from persam.tracking import TRACKER_CHOICES
 
 Progress = Callable[[float, str], None]
 
@@ -295,14 +297,35 @@ class DemoEngine:
         self,
         settings: ModelSettings,
         video_path: str,
-        first_labels: np.ndarray,
+        first_labels: np.ndarray | None,
         method: str,
         progress: Progress | None = None,
+        *,
+        tracker: str = "auto",
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
+        find_threshold: float = FIND_THRESHOLD,
     ) -> VideoResult:
-        """Tracks the objects of the first-frame label map ``uint8 [H, W]`` through the video with
-        :func:`persam.pipelines.video.track_to_folder`."""
-        if not first_labels.any():
-            raise DemoError("Mark at least one object on the first frame.")
+        """Tracks objects through the video with :func:`persam.pipelines.video.track_to_folder`:
+        those of the first-frame label map ``uint8 [H, W]``, or, without one, the object of a
+        ``reference`` photo and mask (found on the first frame where PerSAM sees it).
+
+        ``tracker``: ``"auto"``, ``"persam"`` or ``"sam2"`` (:data:`persam.tracking.TRACKER_CHOICES`).
+        """
+        if tracker not in TRACKER_CHOICES:
+            raise DemoError(f"Unknown tracker {tracker!r}: choose one of {', '.join(TRACKER_CHOICES)}.")
+        marked = first_labels is not None and bool(first_labels.any())
+        if not marked and reference is None:
+            raise DemoError(
+                "Mark at least one object on the first frame, or give a reference photo and mask."
+            )
+        concepts = None
+        if not marked:
+            ref_image, ref_mask = reference
+            if ref_mask.shape != ref_image.shape[:2] or not ref_mask.any():
+                raise DemoError("The reference mask is empty or not the size of the photo: mark the object.")
+            if progress is not None:
+                progress(0.0, "learning the object from the photo")
+            concepts = [self.concept(settings, ref_image, ref_mask, method)]
         out_dir = self.new_result_dir()
         stem = Path(video_path).stem or "video"
         video_out = out_dir / f"{stem}_overlay.webm"
@@ -312,9 +335,12 @@ class DemoEngine:
             raise DemoError(f"Cannot read the video: {one_line(e, video_path)}") from None
         total = source.info.num_frames
         done = [0]
+        found: list[int] = []
 
-        def on_frame(_: Any) -> None:
+        def on_frame(result: Any) -> None:
             done[0] += 1
+            if result.is_reference:
+                found.append(done[0] - 1)
             if progress is not None:
                 share = done[0] / total if total else 0.0
                 progress(min(share, 1.0), f"frame {done[0]}" + (f" of {total}" if total else ""))
@@ -323,7 +349,8 @@ class DemoEngine:
             with self.lock, source:
                 model = self.cache.get(settings)
                 summary = track_to_folder(
-                    model, source, first_labels, out_dir / "masks", overlay=video_out, method=method,
+                    model, source, first_labels if marked else None, out_dir / "masks", overlay=video_out,
+                    concepts=concepts, find_threshold=find_threshold, tracker=tracker, method=method,
                     on_frame=on_frame,
                 )  # fmt: skip
         except InputError as e:
@@ -331,6 +358,11 @@ class DemoEngine:
         if summary.frames == 0:
             raise DemoError("Cannot read the video: it holds no frame that can be decoded.")
         zip_path = zip_folder(out_dir / "masks", out_dir / f"{stem}_masks_davis.zip", prefix=stem)
-        n_obj = len([v for v in np.unique(first_labels) if v])
-        text = f"Tracked {n_obj} object(s) over {summary.frames} frame(s)."
+        text = f"Tracked {len(summary.object_ids)} object(s) over {summary.frames} frame(s)."
+        if concepts is not None:
+            text += (
+                f" The object was found on frame {found[0]}; earlier frames have no mask."
+                if found
+                else " The object from the photo was not found on any frame."
+            )
         return VideoResult(video_out, zip_path, summary.frames, text)

@@ -145,10 +145,13 @@ def _images_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[s
         [gallery, masks_zip, coco_json, table, status],
         **PRIVATE, **MODEL_QUEUE,
     )  # fmt: skip
-    return {"method": method, "targets": targets, "outputs": outputs}
+    reference = [ref_plain, ref_mask, brush, mask_source]
+    return {"method": method, "targets": targets, "outputs": outputs, "reference": reference}
 
 
-def _video_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[str, Any]:
+def _video_tab(
+    cb: PageCallbacks, settings: list, examples: Examples, images: dict[str, Any]
+) -> dict[str, Any]:
     v_clicks, v_frame, v_source = gr.State([]), gr.State(None), gr.State("clicks")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
@@ -175,7 +178,17 @@ def _video_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[st
                         brush=gr.Brush(colors=colours, color_mode="fixed"), transforms=(), layers=False,
                         elem_id="frame-brush-editor", height=300,
                     )  # fmt: skip
+                with gr.Tab("From a photo", id="frame-photo") as v_tab_photo:
+                    gr.Markdown(
+                        "Track the object of the **Images** tab's reference photo (mark it there with "
+                        "clicks or the brush): it is searched frame by frame, tracking starts on the "
+                        "first frame where it is found, and earlier frames have no mask."
+                    )
             v_method = gr.Radio(list(METHOD_LABELS), value="PerSAM", label="Method")
+            v_tracker = gr.Radio(
+                ["auto", "persam", "sam2"], value="auto", label="Tracker", elem_id="video-tracker",
+                info="sam2: SAM 2 memory (SAM 2 models); persam: PerSAM per frame; auto: sam2 if SAM 2",
+            )  # fmt: skip
         with gr.Column(scale=1):
             gr.Markdown("### 2. Track")
             v_run = gr.Button("Track", variant="primary", elem_id="run-video")
@@ -207,10 +220,12 @@ def _video_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[st
     v_clear.click(cb.on_frame_clear, [v_frame], [frame_view, v_clicks, v_status], **PRIVATE)
     v_tab_clicks.select(lambda: "clicks", None, v_source, queue=False, **PRIVATE)
     v_tab_brush.select(lambda: "brush", None, v_source, queue=False, **PRIVATE)
+    v_tab_photo.select(lambda: "photo", None, v_source, queue=False, **PRIVATE)
     outputs = [v_out, v_zip, v_status]
     v_run.click(
         guarded(cb.on_run_video, (None, None)),
-        [video, v_frame, v_clicks, v_brush, v_source, v_method, *settings], outputs,
+        [video, v_frame, v_clicks, v_brush, v_source, v_method, v_tracker, *images["reference"], *settings],
+        outputs,
         **PRIVATE, **MODEL_QUEUE,
     )  # fmt: skip
     return {"method": v_method, "outputs": outputs}
@@ -259,6 +274,6 @@ def build_blocks(
             with gr.Tab("Images", id="images"):
                 images = _images_tab(cb, settings, examples)
             with gr.Tab("Video", id="video"):
-                video = _video_tab(cb, settings, examples)
+                video = _video_tab(cb, settings, examples, images)
         _api(cb, settings, images, video)
     return app

@@ -3,6 +3,12 @@
     persam track clip.mp4 --mask first.png -o out/
     persam track DAVIS/JPEGImages/480p/bear -o out/bear --overlay bear.mp4
     persam track clip.mp4 --mask cat.png --mask dog.png -o out/ --method persam-f --stride 2
+    persam track clip.mp4 --ref my_dog.jpg --ref-mask my_dog.png -o out/ --tracker sam2
+
+The tracker (``--tracker``): ``sam2``, the SAM 2 memory tracker (SAM 2 models), or ``persam``,
+PerSAM on every frame; ``auto`` (default) picks sam2 for SAM 2 models. Instead of a first-frame
+mask, objects can come from photos (``--ref``/``--ref-mask``, ``--concept``; see
+:mod:`persam.cli.track_objects`).
 
 Outputs: ``OUT/<frame>.png`` (DAVIS-format palette PNG per frame, the first-frame mask's palette
 or the DAVIS palette), ``OUT/scores.json`` (per frame and object: predicted IoU, presence, box)
@@ -26,6 +32,7 @@ from persam.cli.options import (
     one_line,
     positive_int,
 )
+from persam.cli.track_objects import add_tracker_arguments, learn_photo_objects, read_photo_objects
 
 _PROG = "persam track"
 OVERLAY_SUFFIXES = (".mp4", ".avi")
@@ -95,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlay file",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_tracker_arguments(parser)
     add_model_arguments(parser)
     add_engine_arguments(parser, what="videos")
     parser.set_defaults(func=run)
@@ -112,6 +120,15 @@ def _int_at_least(text: str, low: int) -> int:
 
 def _non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
+
+
+def _redetector(after: int | None):
+    """The re-detection settings of ``--redetect-after`` (None: off)."""
+    if after is None:
+        return None
+    from persam.tracking import Redetector
+
+    return Redetector(after=after)
 
 
 def default_mask(video: Path) -> Path:
@@ -153,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from persam.io import InputError, check_output_dir
-    from persam.pipelines.video import check_overlay_target, track_to_folder
+    from persam.pipelines.video_folder import check_overlay_target, track_to_folder
     from persam.readers import frame_size, load_first_mask, open_video
 
     if args.engine == "ray":
@@ -178,12 +195,20 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{args.video}: --start {args.start} is beyond the end ({info.num_frames} frames)"
             )
-        first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=frame_size(source, args.start))
+        photos = read_photo_objects(args)
+        first, masks = None, [str(m) for m in args.mask]
+        if photos is None:
+            masks = args.mask or [default_mask(args.video)]
+            size = frame_size(source, args.start)
+            first = load_first_mask(masks[0] if len(masks) == 1 else masks, size=size)
         model = load_model(args, _PROG)
+        concepts = None if photos is None else learn_photo_objects(model, photos, args.method)
         total = None if info.num_frames is None else len(range(args.start, info.num_frames, args.stride))
         meta = {
             "video": str(args.video),
             "mask": [str(m) for m in masks],
+            "references": None if photos is None else photos.sources,
+            "tracker": args.tracker,
             "method": args.method,
             "compat": args.compat,
             "model": model.name,
@@ -195,6 +220,10 @@ def run(args: argparse.Namespace) -> int:
                 source,
                 first,
                 args.output,
+                concepts=concepts,
+                find_threshold=args.find_threshold,
+                tracker=args.tracker,
+                redetect=_redetector(args.redetect_after),
                 overlay=args.overlay,
                 method=args.method,
                 compat=args.compat,
@@ -215,5 +244,5 @@ def run(args: argparse.Namespace) -> int:
             source.close()
     where = f"{args.output}" + (f" and {args.overlay}" if args.overlay is not None else "")
     resumed = f" ({summary.resumed} kept from an interrupted run)" if summary.resumed else ""
-    print(f"{_PROG}: {summary.frames} frame(s){resumed}, {len(first.object_ids)} object(s) -> {where}")
+    print(f"{_PROG}: {summary.frames} frame(s){resumed}, {len(summary.object_ids)} object(s) -> {where}")
     return 0

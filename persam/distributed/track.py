@@ -122,7 +122,7 @@ class TrackActor:
         return out
 
     def _track(self, job: VideoJob) -> int:
-        from persam.pipelines.video import track_to_folder
+        from persam.pipelines.video_folder import track_to_folder
         from persam.readers import load_first_mask
 
         with tempfile.TemporaryDirectory(prefix="persam-video-") as tmp:

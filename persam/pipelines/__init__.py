@@ -17,8 +17,8 @@ _EXPORTS = {
     "segment_image_set": "persam.pipelines.image_set",
     "ImageSetSummary": "persam.pipelines.image_set",
     "track": "persam.pipelines.video",
-    "track_to_folder": "persam.pipelines.video",
-    "TrackSummary": "persam.pipelines.video",
+    "track_to_folder": "persam.pipelines.video_folder",
+    "TrackSummary": "persam.pipelines.video_folder",
     "VideoTracker": "persam.pipelines.video",
     "FrameResult": "persam.pipelines.video",
 }

@@ -2,18 +2,15 @@
 path (:func:`track_to_folder`) used by ``persam track``, the DAVIS evaluation and the demo.
 
 The trackers themselves live in :mod:`persam.tracking` (``tracker="persam"``:
-:class:`~persam.tracking.PerSAMTracker`).
+:class:`~persam.tracking.PerSAMTracker`; ``"sam2"``: :class:`~persam.tracking.Sam2Tracker`;
+``"auto"``: the SAM 2 one for SAM 2 models). Tracking from a photo (``concepts=``) finds the
+objects first (:mod:`persam.pipelines.find`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,27 +18,23 @@ import torch
 
 from persam.backbones.base import Backbone
 from persam.errors import InputError
+from persam.personalize import Concept
 from persam.personalize.boxes import expand_box
+from persam.pipelines.find import FIND_THRESHOLD, check_concepts, empty_result, find_objects
 from persam.readers import (
-    DAVIS_PALETTE,
     FirstMask,
     FrameSource,
     Prefetcher,
-    frame_size,
     load_first_mask,
     open_video,
 )
-from persam.tracking import FrameResult, PerSAMTracker, Tracker, make_tracker
-from persam.writers import LabelMapWriter
+from persam.tracking import FrameResult, PerSAMTracker, Redetector, Tracker, make_tracker, resolve_tracker
 
 __all__ = [
     "FrameResult",
-    "TrackSummary",
     "VideoTracker",
-    "check_overlay_target",
     "expand_box",
     "track",
-    "track_to_folder",
 ]
 
 #: The PerSAM tracker under the name it had before trackers were pluggable.
@@ -54,9 +47,11 @@ FirstMaskLike = np.ndarray | str | os.PathLike | Sequence[np.ndarray | str | os.
 def track(
     model: Backbone,
     frames: FramesLike,
-    first_mask: FirstMaskLike,
+    first_mask: FirstMaskLike | None = None,
     *,
-    tracker: str | Tracker = "persam",
+    concepts: Sequence[Concept] | None = None,
+    find_threshold: float = FIND_THRESHOLD,
+    tracker: str | Tracker = "auto",
     method: str = "persam",
     compat: str = "fixed",
     start: int = 0,
@@ -64,12 +59,19 @@ def track(
     topk: int = 2,
     box_margin: int = 10,
     batch_objects: bool = True,
+    redetect: bool | Redetector | None = False,
     prefetch: int = 4,
     keep_images: bool = False,
     finetune_kwargs: dict[str, Any] | None = None,
     diagnostics: bool = False,
 ) -> Iterator[FrameResult]:
-    """Tracks the objects of ``first_mask`` through a video, yielding each frame as it is done.
+    """Tracks objects through a video, yielding each frame as it is done.
+
+    The objects come from ``first_mask`` (the annotation of frame ``start``) or, to track from a
+    photo, from ``concepts`` (:func:`persam.learn` on the photo): PerSAM searches the frames from
+    ``start`` on until every concept is found on one frame, whose masks become the first mask
+    (object ``k`` of ``concepts`` has id ``k + 1``); the frames before it are yielded with no object
+    (see :mod:`persam.pipelines.find`).
 
     Args:
         model: the backbone.
@@ -77,53 +79,83 @@ def track(
             ``uint8 [H, W, 3]`` frames or an open :class:`~persam.readers.FrameSource`.
         first_mask: the annotation of frame ``start``: a label map ``uint8 [H, W]`` (0 =
             background, else object ids), a mask PNG (palette PNG with ids, or binary), or a list
-            of per-object masks (ids 1, 2, ...).
-        tracker: ``"persam"`` (:data:`persam.tracking.TRACKERS`), or a tracker object (then the
-            tracker options below are not used).
-        method: ``"persam"`` or ``"persam_f"``. compat: ``"fixed"`` or ``"official"``.
-        start: index of the annotated frame; earlier frames are skipped.
+            of per-object masks (ids 1, 2, ...). Not with ``concepts``.
+        concepts: :class:`~persam.personalize.Concept` s to find and track instead of a first mask.
+        find_threshold: minimum PerSAM predicted IoU for a concept to count as found.
+        tracker: ``"auto"`` (``"sam2"`` for a SAM 2 model, else ``"persam"``), ``"persam"``
+            (:class:`~persam.tracking.PerSAMTracker`), ``"sam2"`` (the SAM 2 memory tracker,
+            :class:`~persam.tracking.Sam2Tracker`), or a tracker object (then the tracker options
+            below are not used).
+        method: ``"persam"`` or ``"persam_f"``. compat: ``"fixed"`` or ``"official"`` (persam).
+        start: index of the annotated frame (of the first searched frame with ``concepts``);
+            earlier frames are skipped.
         stride: track every ``stride``-th frame after ``start``.
         topk: similarity points per object. box_margin: growth of the previous box in pixels.
         batch_objects: one decoder batch for all objects per step (False: one call per object).
+        redetect: sam2: search objects lost for a while with their PerSAM feature (True, or a
+            :class:`~persam.tracking.Redetector` with its settings); off by default.
         prefetch: frames decoded ahead by a background thread (0: decode in this thread).
         keep_images: attach each RGB frame to its result (``FrameResult.image``).
         finetune_kwargs: options for fitting the PerSAM-F weights.
-        diagnostics: attach per-object, per-call diagnostics (``FrameResult.diagnostics``).
+        diagnostics: attach per-object, per-call diagnostics (``FrameResult.diagnostics``; persam).
 
     Yields:
-        :class:`~persam.tracking.FrameResult` for frame ``start`` (the given mask) and every
-        tracked frame.
+        :class:`~persam.tracking.FrameResult` for frame ``start`` and every tracked frame.
 
     Raises:
-        InputError: an unknown tracker, unreadable video or mask, no object in the mask, a mask of
-            another size than the frames, ``start`` beyond the end.
+        InputError: an unknown tracker, ``"sam2"`` with a model that is not SAM 2, neither or both
+            of ``first_mask`` and ``concepts``, unreadable video or mask, no object in the mask, a
+            mask of another size than the frames, ``start`` beyond the end.
     """
-    if isinstance(tracker, str):
-        tracker = make_tracker(
-            tracker,
-            model,
-            method=method,
-            compat=compat,
-            topk=topk,
-            box_margin=box_margin,
-            batch_objects=batch_objects,
-            finetune_kwargs=finetune_kwargs,
-            diagnostics=diagnostics,
-        )
+    if (first_mask is None) == (concepts is None):
+        raise InputError("give either first_mask or concepts (the objects to track)")
+    if concepts is not None:
+        concepts = check_concepts(model, concepts, find_threshold)
     source = frames if isinstance(frames, FrameSource) else open_video(frames)
     try:
-        first = first_mask if isinstance(first_mask, FirstMask) else load_first_mask(first_mask)
+        first = None
+        if first_mask is not None:
+            first = first_mask if isinstance(first_mask, FirstMask) else load_first_mask(first_mask)
+        if isinstance(tracker, str):
+            n = source.info.num_frames
+            tracker = _make_tracker(
+                tracker,
+                model,
+                method=method,
+                compat=compat,
+                topk=topk,
+                box_margin=box_margin,
+                batch_objects=batch_objects,
+                finetune_kwargs=finetune_kwargs,
+                diagnostics=diagnostics,
+                redetect=redetect,
+                num_frames=len(range(start, n, stride)) if n is not None and first is not None else None,
+            )
     except BaseException:
         if not isinstance(frames, FrameSource):
             source.close()
         raise
-    return _frames(tracker, source, first, start, stride, prefetch, keep_images, own=source is not frames)
+    find = None if concepts is None else (model, concepts, find_threshold)
+    return _frames(
+        tracker, source, first, find, start, stride, prefetch, keep_images, own=source is not frames
+    )
+
+
+def _make_tracker(
+    name: str, model: Backbone, *, redetect: Any, num_frames: int | None, **persam: Any
+) -> Tracker:
+    """The tracker ``name`` with the options it takes (the others belong to the other trackers)."""
+    name = resolve_tracker(name, model)
+    if name == "sam2":
+        return make_tracker(name, model, redetect=redetect, num_frames=num_frames)
+    return make_tracker(name, model, **persam)
 
 
 def _frames(
     tracker: Tracker,
     source: FrameSource,
-    first: FirstMask,
+    first: FirstMask | None,
+    find: tuple[Backbone, list[Concept], float] | None,
     start: int,
     stride: int,
     prefetch: int,
@@ -139,6 +171,20 @@ def _frames(
         if first_item is None:
             raise InputError(f"{source.info.source}: start frame {start} is beyond the end")
         index, frame = first_item
+        if find is not None:
+            # Frames without every object yet are background; the first frame with all of them
+            # starts the tracker.
+            model, concepts, threshold = find
+            ids = list(range(1, len(concepts) + 1))
+            while (first := find_objects(model, frame, concepts, threshold)) is None:
+                empty = empty_result(index, frame, ids)
+                if not keep_images:
+                    empty.image = None
+                yield empty
+                item = next(stream, None)
+                if item is None:
+                    return
+                index, frame = item
         result = tracker.initialize(frame, first, index)
         if not keep_images:
             result.image = None
@@ -158,222 +204,3 @@ def _frames(
                 close()
         if own:
             source.close()
-
-
-@dataclass(kw_only=True)
-class TrackSummary:
-    """What :func:`track_to_folder` did.
-
-    Attributes:
-        frames: frames written (0 when skipped), those of a resumed run included.
-        object_ids: the tracked objects.
-        skipped: the folder held a finished run already (``skip_done``); nothing was computed.
-        resumed: frames a killed earlier run had committed, kept rather than computed again.
-        seconds: wall time of the tracking and writing.
-    """
-
-    frames: int = 0
-    object_ids: list[int] = field(default_factory=list)
-    skipped: bool = False
-    resumed: int = 0
-    seconds: float = 0.0
-
-
-def _run_parameters(
-    model: Backbone, info: Any, first: FirstMask, tracker: str | Tracker, **options: Any
-) -> dict[str, Any] | None:
-    """What decides a run's label maps; a run can only resume or extend one with equal parameters
-    (None: a tracker object, which has no recorded identity)."""
-    if not isinstance(tracker, str):
-        return None
-    return {
-        "video": None if info.backend == "arrays" else os.path.realpath(info.source),
-        "frames": info.num_frames,
-        "first_mask": hashlib.sha256(np.ascontiguousarray(first.label_map, np.uint8).tobytes()).hexdigest(),
-        "object_ids": list(first.object_ids),
-        "tracker": tracker,
-        "model": model.name,
-        "checkpoint": model.checkpoint_id,
-        **options,
-    }
-
-
-def _finished_run(out: Path) -> dict[str, Any] | None:
-    """The ``scores.json`` of the run that finished in ``out``, or None."""
-    scores = out / LabelMapWriter.scores_name
-    try:
-        doc = json.loads(scores.read_text(encoding="utf-8")) if scores.is_file() else None
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def check_overlay_target(out_dir: str | os.PathLike, overlay: str | os.PathLike, overwrite: bool) -> None:
-    """Raises :class:`InputError` when ``overlay`` exists but is not the overlay video of the run
-    that finished in ``out_dir`` (someone's file, which only ``overwrite`` may replace)."""
-    if overwrite or not Path(overlay).exists():
-        return
-    doc = _finished_run(Path(out_dir))
-    if doc is None or doc.get("overlay") != os.path.realpath(overlay):
-        raise InputError(
-            f"--overlay {overlay}: exists and is not an overlay of an earlier run into {out_dir}; "
-            "pass --overwrite to replace it"
-        )
-
-
-def _check_folder_reuse(out: Path, run: dict[str, Any] | None, overwrite: bool) -> list[str]:
-    """Refuses to mix this run's frames with another run's, or to write among PNG files no run
-    wrote, unless ``overwrite``; returns the frame files of an earlier run (replaced at commit)."""
-    doc = _finished_run(out)
-    old_frames = [f.get("name") for f in doc.get("frames") or [] if isinstance(f, dict)] if doc else []
-    old_frames = [f"{n}.png" for n in old_frames if isinstance(n, str)]
-    if overwrite or not out.is_dir():
-        return old_frames
-    if doc is None:
-        if next(out.glob("*.png"), None) is not None:
-            raise InputError(
-                f"{out}: holds PNG files that no persam track run wrote; pass --overwrite to write "
-                "among them, or choose another folder"
-            )
-        return []
-    before = doc.get("run")
-    if run is None or before != run:
-        diff = [k for k in (run or {}) if not isinstance(before, dict) or before.get(k) != run[k]]
-        what = f" (its {', '.join(diff[:3])} differ{'s' * (len(diff) == 1)})" if diff else ""
-        raise InputError(
-            f"{out}: holds the frames of another track run{what}; pass --overwrite to replace them, "
-            "or choose another folder"
-        )
-    return old_frames
-
-
-def track_to_folder(
-    model: Backbone,
-    frames: FramesLike,
-    first_mask: FirstMaskLike,
-    out_dir: str | os.PathLike,
-    *,
-    overlay: str | os.PathLike | None = None,
-    skip_done: bool = False,
-    overwrite: bool = False,
-    tracker: str | Tracker = "persam",
-    method: str = "persam",
-    compat: str = "fixed",
-    start: int = 0,
-    stride: int = 1,
-    topk: int = 2,
-    box_margin: int = 10,
-    metadata: dict[str, Any] | None = None,
-    on_frame: Callable[[FrameResult], None] | None = None,
-) -> TrackSummary:
-    """Tracks a video and writes ``OUT/<frame>.png`` (DAVIS palette PNGs: the first mask's palette,
-    else the DAVIS one), ``OUT/scores.json`` (per frame and object: score, presence, box, and the
-    run's parameters) and, with ``overlay``, an overlay video (``.mp4``, ``.avi`` or ``.webm``).
-
-    Nothing appears unless the whole video was processed: the files are staged and moved into
-    place at the end, the scores file last, so a folder holding ``scores.json`` is a finished run.
-    The staged label maps are the state of the run: a run killed part way (even by SIGKILL) is
-    resumed by the next run with the same parameters, the tracker starting again from the last
-    label map written (frames it had written are not computed again; the overlay is redrawn).
-
-    Args:
-        out_dir: output folder (created). Frames of an earlier run with other parameters, or PNG
-            files no run wrote, are an :class:`InputError` unless ``overwrite`` (then the earlier
-            run's frames are replaced).
-        overlay: path of the overlay video, or None; an existing file that is not an overlay of
-            an earlier run into ``out_dir`` needs ``overwrite``.
-        skip_done: leave a folder that holds a finished run alone (so an interrupted batch of
-            videos resumes where it stopped).
-        metadata: extra entries for ``scores.json``.
-        on_frame: called with every frame's result once it is written (e.g. progress).
-        Other arguments: see :func:`track`.
-
-    Raises:
-        InputError: as :func:`track`, or an unusable output path.
-    """
-    out = Path(out_dir)
-    if skip_done and (out / LabelMapWriter.scores_name).is_file():
-        return TrackSummary(skipped=True)
-    t0 = time.perf_counter()
-    source = frames if isinstance(frames, FrameSource) else open_video(frames)
-    try:
-        info = source.info
-        first = first_mask if isinstance(first_mask, FirstMask) else load_first_mask(first_mask)
-        size = info.size if info.size is not None else frame_size(source, start)
-        if first.size != tuple(size):
-            raise InputError(
-                f"{first.source}: mask is {first.size[1]}×{first.size[0]} (W×H) but the video frames are "
-                f"{size[1]}×{size[0]}"
-            )
-        options = {"method": method, "compat": compat, "start": start, "stride": stride}
-        run = _run_parameters(model, info, first, tracker, topk=topk, box_margin=box_margin, **options)
-        old_frames = _check_folder_reuse(out, run, overwrite)
-        meta = {"object_ids": first.object_ids, "fps": info.fps, "start": start, "stride": stride}
-        meta.update(metadata or {})
-        meta.update(run=run, overlay=None if overlay is None else os.path.realpath(overlay))
-        palette = first.palette or list(DAVIS_PALETTE)
-        writer = LabelMapWriter(
-            out, palette=palette, overlay=overlay, fps=info.fps / stride, metadata=meta, run=run
-        )
-        with writer:
-            begin, init = _resume_point(writer, source, first, start, stride)
-            results = track(
-                model,
-                source,
-                init,
-                tracker=tracker,
-                method=method,
-                compat=compat,
-                start=begin,
-                stride=stride,
-                topk=topk,
-                box_margin=box_margin,
-                keep_images=overlay is not None,
-            )
-            for res in results:
-                name = info.frame_name(res.index)
-                if init is not first and res.index == begin:  # the resumed frame: already written
-                    if overlay is not None:
-                        writer.write_overlay_frame(res.image, res.masks.label_map())
-                    continue
-                writer.write(name, res.masks, res.image, dict(res.to_record(), name=name))
-                if on_frame is not None:
-                    on_frame(res)
-            writer.replaced = old_frames
-        n = len(writer.records)
-    finally:
-        if source is not frames:
-            source.close()
-    resumed = len(writer.resumed)
-    return TrackSummary(
-        frames=n, object_ids=list(first.object_ids), resumed=resumed, seconds=time.perf_counter() - t0
-    )
-
-
-def _resume_point(
-    writer: LabelMapWriter, source: FrameSource, first: FirstMask, start: int, stride: int
-) -> tuple[int, FirstMask]:
-    """Where tracking starts: ``start`` with ``first``, or, resuming, the last frame a killed run
-    wrote, with its label map (frames before it are only drawn into the overlay)."""
-    done = writer.resumed
-    if len(done) < 2:
-        writer.forget_resumed()
-        return start, first
-    last = done[-1]
-    label_map = writer.resumed_label_map(last["name"])
-    if not set(first.object_ids) <= set(np.unique(label_map).tolist()):
-        writer.forget_resumed()  # an object is lost there: it cannot be learned again from it
-        return start, first
-    if writer.overlay is not None:
-        names = {r["index"]: r["name"] for r in done[:-1]}
-        frames = source.frames(start, stride)
-        try:
-            for index, frame in frames:
-                if index >= last["index"]:
-                    break
-                writer.write_overlay_frame(frame, writer.resumed_label_map(names[index]))
-        finally:
-            frames.close()  # before tracking opens the source again
-    init = load_first_mask(label_map)
-    init.palette, init.source = first.palette, f"{last['name']}.png (resumed)"
-    return int(last["index"]), init

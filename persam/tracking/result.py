@@ -62,8 +62,9 @@ class FrameResult:
         index: frame index in the source video (0-based, counting every frame of the source).
         label_map: ``uint8 [H, W]``, 0 = background, else the object id.
         object_ids: the tracked object ids, ascending.
-        scores: per object id, the predicted IoU of its final mask, or None where the object was
-            not segmented on this frame (1.0 on the reference frame).
+        scores: per object id, the predicted IoU of its final mask (the SAM 2 tracker: the
+            probability that the object is there), or None where the object was not segmented on
+            this frame (1.0 on the reference frame).
         present: per object id, whether the object has any pixel in ``label_map``.
         boxes: per object id, the ``XYXY`` box (inclusive pixel indices) of its pixels in
             ``label_map``, or None when absent.

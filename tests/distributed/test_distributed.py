@@ -28,7 +28,7 @@ from persam.distributed import segment_dataset, track_dataset  # noqa: E402
 from persam.distributed.segment import EXIT_AFTER_ENV  # noqa: E402
 from persam.distributed.track import video_jobs  # noqa: E402
 from persam.pipelines.image_set import segment_image_set  # noqa: E402
-from persam.pipelines.video import track_to_folder  # noqa: E402
+from persam.pipelines.video_folder import track_to_folder  # noqa: E402
 
 RAY = {"actors": 2, "progress": False}
 

@@ -12,7 +12,8 @@ from helpers import ColourBackbone, make_scene
 from PIL import Image
 
 from persam.errors import InputError
-from persam.pipelines.video import track, track_to_folder
+from persam.pipelines.video import track
+from persam.pipelines.video_folder import track_to_folder
 from persam.readers import DAVIS_PALETTE
 from persam.tracking import TRACKERS, PerSAMTracker, Tracker, make_tracker
 
@@ -85,7 +86,7 @@ def test_tracker_by_name_and_unknown_names(scene):
     assert "persam" in TRACKERS
     tracker = make_tracker("persam", ColourBackbone(), topk=1)
     assert isinstance(tracker, PerSAMTracker) and isinstance(tracker, Tracker) and tracker.topk == 1
-    with pytest.raises(InputError, match="tracker must be one of persam, got 'sam3'"):
+    with pytest.raises(InputError, match="tracker must be one of auto, persam, sam2, got 'sam3'"):
         make_tracker("sam3", ColourBackbone())
     with pytest.raises(InputError, match="tracker must be one of .*'xmem'"):
         track(ColourBackbone(), frames, labels[0], tracker="xmem")

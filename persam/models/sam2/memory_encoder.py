@@ -17,46 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from persam.models.common import LayerNorm2d
+from persam.models.sam2.position_encoding import PositionEmbeddingSine
 
 
 def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k != "_target_"}
-
-
-def sine_position_encoding(
-    batch: int,
-    height: int,
-    width: int,
-    *,
-    num_pos_feats: int,
-    temperature: float = 10000,
-    normalize: bool = True,
-    scale: float | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """DETR-style 2-D sine PE ``[batch, num_pos_feats, height, width]`` (float32).
-
-    Positions 1..n per axis, normalised by ``(n + 1e-6)`` and scaled by ``scale`` (2π); each axis
-    gets ``num_pos_feats / 2`` channels of interleaved sin / cos; channels are ``[y-part, x-part]``.
-    """
-    if num_pos_feats % 2 != 0:
-        raise ValueError("sine_position_encoding: num_pos_feats must be even")
-    half = num_pos_feats // 2
-    scale = 2 * math.pi if scale is None else scale
-    y = torch.arange(1, height + 1, dtype=torch.float32, device=device).view(-1, 1).expand(height, width)
-    x = torch.arange(1, width + 1, dtype=torch.float32, device=device).view(1, -1).expand(height, width)
-    if normalize:
-        y = y / (y[-1:, :] + 1e-6) * scale
-        x = x / (x[:, -1:] + 1e-6) * scale
-    dim_t = torch.arange(half, dtype=torch.float32, device=device)
-    dim_t = temperature ** (2 * (dim_t // 2) / half)
-
-    def interleave(p: torch.Tensor) -> torch.Tensor:
-        p = p[..., None] / dim_t
-        return torch.stack((p[..., 0::2].sin(), p[..., 1::2].cos()), dim=-1).flatten(-2)
-
-    pos = torch.cat((interleave(y), interleave(x)), dim=-1).permute(2, 0, 1)
-    return pos[None].expand(batch, -1, -1, -1)
 
 
 class MaskDownSampler(nn.Module):
@@ -186,15 +151,16 @@ class MemoryEncoder(nn.Module):
         self.out_proj: nn.Module = (
             nn.Conv2d(in_dim, out_dim, kernel_size=1) if out_dim != in_dim else nn.Identity()
         )
-        # Either a PE module (called on the output) or its settings dict; it has no weights.
-        self.pe_module = position_encoding if isinstance(position_encoding, nn.Module) else None
-        pe = {} if self.pe_module is not None else _settings(position_encoding)
-        self.pe_settings = {
-            "num_pos_feats": int(pe.get("num_pos_feats", out_dim)),
-            "temperature": pe.get("temperature", 10000),
-            "normalize": pe.get("normalize", True),
-            "scale": pe.get("scale"),
-        }
+        if not isinstance(position_encoding, nn.Module):
+            # Only the settings that change the encoding (cache warm-up options do not).
+            pe = _settings(position_encoding)
+            position_encoding = PositionEmbeddingSine(
+                num_pos_feats=int(pe["num_pos_feats"]),
+                temperature=pe.get("temperature", 10000),
+                normalize=pe.get("normalize", True),
+                scale=pe.get("scale"),
+            )
+        self.position_encoding = position_encoding
         self.in_dim = in_dim
         self.out_dim = out_dim
 
@@ -222,13 +188,11 @@ class MemoryEncoder(nn.Module):
         x = self.pix_feat_proj(pix_feat.to(masks.device)) + masks
         x = self.out_proj(self.fuser(x))
         b, _, h, w = x.shape
-        return x, self.position_encoding(h, w, batch=b, device=x.device).to(x.dtype)
+        return x, self.memory_pos_enc(h, w, batch=b, device=x.device).to(x.dtype)
 
-    def position_encoding(
+    def memory_pos_enc(
         self, h: int, w: int, *, batch: int = 1, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """``[batch, out_dim, h, w]`` float32 sine encoding of an ``h x w`` memory (it depends on
         the size only, so a tracker can compute it once)."""
-        if self.pe_module is not None:
-            return self.pe_module(torch.empty(batch, 0, h, w, device=device))
-        return sine_position_encoding(batch, h, w, device=device, **self.pe_settings)
+        return self.position_encoding(torch.empty(batch, 0, h, w, device=device))

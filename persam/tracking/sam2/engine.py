@@ -57,6 +57,8 @@ class MemoryEngine:
             frames before encoding them (the official video builder sets it).
         decoder_trace: when a list, one record per mask-decoder call is appended (debugging and
             conformance checks).
+        encoder_dtype: ``bfloat16`` / ``float16`` run the image encoder under autocast (features
+            are kept as float32; everything after the encoder runs in float32).
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class MemoryEngine:
         *,
         binarize_mask_from_pts_for_mem_enc: bool = True,
         decoder_trace: list[dict[str, Any]] | None = None,
+        encoder_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
+        self.encoder_dtype = encoder_dtype
         self.binarize_mask_from_pts_for_mem_enc = binarize_mask_from_pts_for_mem_enc
         self.decoder_trace = decoder_trace
         self.image_size = int(model.image_size)
@@ -80,10 +84,15 @@ class MemoryEngine:
     @torch.no_grad()
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
         """``[1, 3, S, S]`` normalised frame -> :class:`FrameFeatures` (one backbone pass)."""
-        out = self.model.forward_image(image.to(self.device))
+        image = image.to(self.device)
+        if self.encoder_dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast(device_type=image.device.type, dtype=self.encoder_dtype):
+                out = self.model.forward_image(image)
+        else:
+            out = self.model.forward_image(image)
         n = getattr(self.model, "num_feature_levels", 3)
-        fpn = list(out.backbone_fpn)[-n:]
-        pos = list(out.vision_pos_enc)[-n:]
+        fpn = [f.float() for f in list(out.backbone_fpn)[-n:]]
+        pos = [p.float() for p in list(out.vision_pos_enc)[-n:]]
         return FrameFeatures(high_res=fpn[:-1], vision=fpn[-1], vision_pos=pos[-1])
 
     # ------------------------------------------------------------------ SAM heads
@@ -251,7 +260,7 @@ class MemoryEngine:
         key = (h, w, str(device))
         pos = self._mem_pos.get(key)
         if pos is None:
-            pos = self.model.memory_encoder.position_encoding(h, w, device=device)
+            pos = self.model.memory_encoder.memory_pos_enc(h, w, device=device)
             self._mem_pos[key] = pos
         return pos
 

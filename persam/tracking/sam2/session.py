@@ -28,6 +28,7 @@ from persam.io import InputError
 from persam.tracking.sam2.engine import NO_OBJ_SCORE, FrameFeatures, MemoryEngine
 from persam.tracking.sam2.frames import FrameReader, VideoInput, preprocess_frame
 from persam.tracking.sam2.postprocess import fill_holes, non_overlapping
+from persam.tracking.sam2.redetect import Redetector, concept_of
 from persam.tracking.sam2.state import FrameOutput, ObjectState, PointPrompt
 
 #: ``(frame_idx, obj_ids, mask logits [N, 1, H, W] at video resolution)``.
@@ -46,7 +47,8 @@ class VideoSession:
     """Prompts and propagation over one video for a SAM 2 model.
 
     Args:
-        model: a :class:`persam.models.sam2.Sam2` or a backbone wrapping one (``.model``).
+        model: a :class:`persam.models.sam2.Sam2` or a backbone wrapping one (``.model``; its
+            ``dtype`` is the image encoder's compute dtype).
         video: see :class:`~persam.tracking.sam2.frames.FrameReader`.
         num_frames: length of a stream that does not tell it (normalises the object-pointer
             temporal encoding, see :mod:`persam.tracking.sam2.memory_bank`).
@@ -60,6 +62,8 @@ class VideoSession:
             conditioning frames (otherwise they are overwritten by the next propagation).
         binarize_mask_from_pts_for_mem_enc: encode prompted frames' masks binarised.
         decoder_trace: a list to record every mask-decoder call in, or None.
+        redetect: a :class:`~persam.tracking.sam2.redetect.Redetector` to search for objects lost
+            for a while with their PerSAM concept, or None (official behaviour).
     """
 
     def __init__(
@@ -81,7 +85,8 @@ class VideoSession:
         self.non_overlap_masks = False
         self.add_all_frames_to_correct_as_cond = False
         self.decoder_trace: list[dict[str, Any]] | None = None
-        self.engine = MemoryEngine(self.model)
+        self.redetect: Redetector | None = None
+        self.engine = MemoryEngine(self.model, encoder_dtype=getattr(model, "dtype", torch.float32))
         self.objects: dict[int, ObjectState] = {}
         self._features: tuple[int, FrameFeatures] | None = None
 
@@ -278,6 +283,8 @@ class VideoSession:
             for is_cond in (False, True):
                 temp = state.temp(is_cond)
                 for frame_idx, out in temp.items():
+                    if is_cond and self.redetect is not None and state.concept is None:
+                        state.concept = concept_of(self._frame_features(frame_idx), out.pred_masks)
                     if out.maskmem_features is None:
                         high = F.interpolate(
                             out.pred_masks.to(self.engine.device),
@@ -349,11 +356,25 @@ class VideoSession:
                     )
                     out = self._store(result.output)
                     state.non_cond[frame_idx] = out
+                    if self.redetect is not None:
+                        out = self._maybe_redetect(frame_idx, state, out)
                 state.tracked[frame_idx] = reverse
                 logits.append(out.pred_masks.to(self.engine.device))
                 if not self.keep_history:
                     state.prune(frame_idx, reverse, memory_span=mem_span, pointer_span=ptr_span)
             yield frame_idx, self.obj_ids, self._video_res(torch.cat(logits, dim=0))
+
+    def _maybe_redetect(self, frame_idx: int, state: ObjectState, out: FrameOutput) -> FrameOutput:
+        assert self.redetect is not None
+        state.absent_run = state.absent_run + 1 if float(out.object_score_logits) <= 0 else 0
+        if state.absent_run < self.redetect.after:
+            return out
+        found = self.redetect.search(self.engine, frame_idx, self._frame_features(frame_idx), state)
+        if found is None:
+            return out
+        found = self._store(found)
+        self.redetect.adopt(state, frame_idx, found)
+        return found
 
     def reset(self) -> None:
         """Forgets every object, prompt and output (the frames stay open)."""

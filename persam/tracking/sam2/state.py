@@ -62,6 +62,12 @@ class ObjectState:
     points: dict[int, PointPrompt] = field(default_factory=dict)
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)
+    #: PerSAM concept (unit-norm mean feature under the first given mask) for re-detection.
+    concept: torch.Tensor | None = None
+    #: Conditioning frames added by re-detection (oldest first), and the current run of frames
+    #: judged absent.
+    redetected: list[int] = field(default_factory=list)
+    absent_run: int = 0
 
     def temp(self, is_cond: bool) -> dict[int, FrameOutput]:
         return self.temp_cond if is_cond else self.temp_non_cond
