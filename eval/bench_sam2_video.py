@@ -17,6 +17,10 @@ Each configuration runs in a fresh subprocess so that its peak memory is its own
 above the interpreter + model baseline on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
 Reported: frames per second (wall and process CPU time, after a warm-up frame), peak memory, and
 the stored items per object at the end (memories / pointers).
+
+On a busy 2-core CPU (defaults: input 256², 1 object, 1 thread), ~40 ms of CPU per frame at every
+length; ``bounded`` peaks at 32 MiB above the baseline for 100, 300 and 1000 frames (7 memories,
+16 pointers per object), ``history`` at 31 / 40 / 164 MiB (one memory and pointer per frame).
 """
 
 from __future__ import annotations
