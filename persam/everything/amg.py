@@ -41,8 +41,9 @@ from persam.io import as_image
 
 #: Logit level separating mask from background for the stability score (SAM's ``mask_threshold``).
 MASK_THRESHOLD = 0.0
-#: Survivors brought to full resolution at once: bounds the memory of the float logits.
-_UPSAMPLE_CHUNK = 16
+#: Prompts' worth of surviving masks brought to full resolution at once: bounds the memory of the
+#: float logits.
+_UPSAMPLE_CHUNK = 6
 
 
 @dataclass(frozen=True)
@@ -204,9 +205,10 @@ class MaskGenerator:
             # Cheap and exact on the decoder output: only survivors are brought to full size.
             candidates = candidates[iou > opts.pred_iou_thresh]
         kept = _Kept()
-        for start in range(0, candidates.numel(), _UPSAMPLE_CHUNK):
-            chunk = candidates[start : start + _UPSAMPLE_CHUNK]
-            logits = model.postprocess(low[chunk][:, None])[:, 0]
+        step = _UPSAMPLE_CHUNK * per_point
+        for start in range(0, candidates.numel(), step):
+            chunk = candidates[start : start + step]
+            logits = self._full_size(low[chunk], per_point)
             stability = stability_scores(logits, threshold=MASK_THRESHOLD, offset=opts.stability_score_offset)
             keep = torch.ones_like(stability, dtype=torch.bool)
             if opts.stability_score_thresh > 0.0:
@@ -227,6 +229,20 @@ class MaskGenerator:
             kept.stability.extend(stability.cpu())
             kept.points.extend(points[rows])
         return kept
+
+    def _full_size(self, low: torch.Tensor, group: int) -> torch.Tensor:
+        """``[K, 256, 256]`` low-res logits -> ``[K, H, W]`` on the current image.
+
+        The maps go through the backbone's post-processing in groups of ``group`` (the decoder's
+        masks per prompt), the layout of a decoder output: interpolation kernels may round
+        differently for another channel count, and these are the masks the decoder output gives.
+        """
+        k = low.shape[0]
+        pad = (-k) % group
+        if pad:
+            low = torch.cat([low, low.new_zeros(pad, *low.shape[1:])])
+        full = self.model.postprocess(low.reshape(-1, group, *low.shape[1:]))
+        return full.reshape(-1, *full.shape[2:])[:k]
 
     # ----------------------------------------------------------------- output
     @staticmethod
