@@ -253,3 +253,19 @@ def test_every_backbone_generates_consistent_records(name):
         if r.area:
             ys, xs = np.nonzero(m)
             assert r.bbox == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+
+
+def test_overlay_paints_every_mask_in_its_own_colour():
+    from persam.everything.overlay import mask_colours, render_masks
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    big = np.zeros((40, 60), bool)
+    big[5:35, 5:55] = True
+    small = np.zeros_like(big)
+    small[15:25, 20:30] = True  # inside the big one: painted after it, so still visible
+    out = render_masks(image, [small, big], alpha=1.0)
+    colours = mask_colours(2)
+    assert len({tuple(c) for c in colours}) == 2
+    np.testing.assert_array_equal(out[20, 25], colours[0])
+    np.testing.assert_array_equal(out[10, 45], colours[1])
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 0])
