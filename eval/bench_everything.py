@@ -41,10 +41,10 @@ from persam.models.sam import sam_from_config  # noqa: E402
 PIXEL = dict(pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 BASE = dict(pred_iou_thresh=0.05, stability_score_thresh=0.4, stability_score_offset=0.01)
 SETTINGS = {
-    "grid 16, nms 0.7": dict(points_per_side=16),
-    "grid 16, keep all": dict(points_per_side=16, box_nms_thresh=1.0),
-    "grid 8 + 1 crop layer, regions 100": dict(
-        points_per_side=8, crop_n_layers=1, min_mask_region_area=100, box_nms_thresh=1.0, crop_nms_thresh=1.0
+    "grid 12, nms 0.7": dict(points_per_side=12),
+    "grid 12, keep all": dict(points_per_side=12, box_nms_thresh=1.0),
+    "grid 6 + 1 crop layer, regions 100": dict(
+        points_per_side=6, crop_n_layers=1, min_mask_region_area=100, box_nms_thresh=1.0, crop_nms_thresh=1.0
     ),
 }
 

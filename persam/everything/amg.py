@@ -159,10 +159,14 @@ class MaskGenerator:
             areas = torch.tensor([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes], dtype=torch.int64)
             scores = 1 / areas[torch.as_tensor(kept.crops, dtype=torch.int64)]
             kept = kept.take(greedy_nms(torch.stack(kept.boxes), scores, iou_threshold=opts.crop_nms_thresh))
-        masks = [self._full_mask(kept, i, boxes, (h, w)) for i in range(len(kept))]
         if opts.min_mask_region_area > 0 and len(kept):
+            masks = [self._full_mask(kept, i, boxes, (h, w)) for i in range(len(kept))]
             kept, masks = self._clean_regions(kept, masks)
-        return [self._record(kept, i, masks[i], boxes) for i in range(len(kept))]
+            return [self._record(kept, i, masks[i], boxes) for i in range(len(kept))]
+        # One full-size mask at a time: with RLE output, only the encodings are kept.
+        return [
+            self._record(kept, i, self._full_mask(kept, i, boxes, (h, w)), boxes) for i in range(len(kept))
+        ]
 
     # ------------------------------------------------------------------ crops
     def _crop_masks(self, image: np.ndarray, box: list[int], layer: int, index: int) -> _Kept:
