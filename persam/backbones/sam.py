@@ -63,11 +63,13 @@ class SamBackbone(Backbone):
         return w1 / w0, h1 / h0
 
     def transform_coords(self, coords: torch.Tensor) -> torch.Tensor:
-        """``[..., 2]`` (x, y) in original pixels -> float32 (x, y) on the resized image (scaled in
-        float64 like the reference)."""
+        """``[..., 2]`` (x, y) in original pixels -> (x, y) on the resized image (scaled in float64
+        like the reference): float32, or float64 for float64 input, which the prompt encoder then
+        normalises in float64 as the reference's batched ``predict_torch`` path does."""
         sx, sy = self._scale()
         scale = torch.tensor([sx, sy], dtype=torch.float64, device=coords.device)
-        return (coords.to(torch.float64) * scale).to(torch.float32)
+        out = torch.float64 if coords.dtype == torch.float64 else torch.float32
+        return (coords.to(torch.float64) * scale).to(out)
 
     def transform_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """``[B, 4]`` XYXY in original pixels -> float32 boxes on the resized image."""
