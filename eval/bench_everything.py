@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     official = importlib.import_module("segment_anything")
     ours, ref, mixed = tiny_models(official)
     image = np.ascontiguousarray(data.coffee())  # 400 x 600
-    backbone = SamBackbone(ours, "tiny", "fixture")
+    backbone = SamBackbone(ours, name="tiny", checkpoint_id="fixture")
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} thread(s); torch {torch.__version__}")
     print(f"tiny random SAM (fixtures), image {image.shape[0]}x{image.shape[1]}, median of {args.repeats}")
     print(

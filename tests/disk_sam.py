@@ -85,4 +85,4 @@ def disk_modules() -> tuple[nn.Module, nn.Module, nn.Module]:
 
 def disk_backbone() -> SamBackbone:
     """The disc model as our SAM backbone."""
-    return SamBackbone(Sam(*disk_modules()).eval(), "disk_sam", "scripted")
+    return SamBackbone(Sam(*disk_modules()).eval(), name="disk_sam", checkpoint_id="scripted")

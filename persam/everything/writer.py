@@ -27,6 +27,7 @@ from persam.errors import InputError
 from persam.everything.overlay import render_masks
 from persam.io import ensure_output_dir, load_image, write_json_atomic
 from persam.pipelines.image_set import output_names, relative_names
+from persam.results import Masks
 
 RECORDS_DIR = "records"
 #: COCO category of the generated masks.
@@ -70,8 +71,8 @@ class EverythingWriter:
                     log(f"failed: {message}")
                     continue
                 h, w = image.shape[:2]
-                instances = [outputs.CocoInstance(m, s) for m, s in zip(masks, scores, strict=True)]
-                coco.add(file_name, h, w, instances, CATEGORY)
+                stack = np.stack(masks) if len(masks) else np.zeros((0, h, w), bool)
+                coco.add(file_name, Masks(masks=stack, scores=np.asarray(scores, np.float64)), CATEGORY)
                 self.done.append(path)
                 self.masks_written += len(masks)
         finally:

@@ -48,7 +48,7 @@ class ColourBackbone(Backbone):
         module = nn.Module()
         module.image_encoder = _ColourEncoder()
         module.prompt_encoder = SimpleNamespace(image_embedding_size=(64, 64), embed_dim=4)
-        super().__init__(module, "colour", "scripted")
+        super().__init__(module, name="colour", checkpoint_id="scripted")
 
     def preprocess_image(self, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
@@ -74,6 +74,7 @@ class ColourBackbone(Backbone):
         self,
         point_coords,
         point_labels,
+        *,
         boxes=None,
         mask_input=None,
         multimask_output=True,

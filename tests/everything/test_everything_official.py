@@ -153,7 +153,10 @@ def test_tiny_sam_with_shared_modules_matches_official(official, tiny_sam):
     options = dict(TINY_OPTIONS, min_mask_region_area=50, output_mode="coco_rle")
     modules = (tiny_sam.image_encoder, tiny_sam.prompt_encoder, tiny_sam.mask_decoder)
     theirs = official_records(official, modules, image, **options)
-    ours = [r.as_dict() for r in generate_masks(SamBackbone(tiny_sam, "tiny", "fixture"), image, **options)]
+    ours = [
+        r.as_dict()
+        for r in generate_masks(SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture"), image, **options)
+    ]
     assert len(theirs) >= 5
     assert_same_records(ours, theirs)
 
@@ -192,7 +195,10 @@ def test_tiny_sam_matches_fully_official_model(official, tiny_sam):
     ref.load_state_dict(tiny_sam.state_dict(), strict=True)
     theirs = official.SamAutomaticMaskGenerator(ref.eval(), **TINY_OPTIONS).generate(image)
     ours = [
-        r.as_dict() for r in generate_masks(SamBackbone(tiny_sam, "tiny", "fixture"), image, **TINY_OPTIONS)
+        r.as_dict()
+        for r in generate_masks(
+            SamBackbone(tiny_sam, name="tiny", checkpoint_id="fixture"), image, **TINY_OPTIONS
+        )
     ]
     assert len(theirs) >= 5 and len(ours) == len(theirs)
     for a, b in zip(ours, theirs, strict=True):
