@@ -38,7 +38,8 @@ class ConvLayer(nn.Module):
 class BasicLayer(nn.Module):
     """Stages 1-3: TinyViT blocks, then an optional patch merging.
 
-    ``[B, C, H, W] -> [B, C', H', W']`` (the blocks run channels last).
+    ``[B, C, H, W] -> [B, C', H', W']`` (the blocks run on ``[B, H, W, C]`` tokens; for a
+    channels-last input that view needs no copy).
     """
 
     def __init__(
@@ -157,10 +158,13 @@ class TinyViT(nn.Module):
             raise ValueError(
                 f"TinyViT: expected an image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}"
             )
-        x = self.patch_embed(x)
+        # Channels-last throughout: the convolutions (1x1 and depthwise above all) run 1.5-2x
+        # faster on the CPU in this layout, and the transformer stages' NCHW <-> NHWC permutes
+        # become free views instead of copies.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()
 
 
 def _init_weights(m: nn.Module) -> None:
