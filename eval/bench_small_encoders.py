@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from persam.models.quantization import quantize_linear_int8
 from persam.registry import build_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,10 +162,11 @@ def _randomize(module: nn.Module, seed: int) -> None:
                 b.copy_(0.5 + torch.rand(b.shape, generator=g))
 
 
-def _time(fn: Callable[[], torch.Tensor]) -> float:
-    t = time.perf_counter()
+def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call; CPU time is the steadier one on a shared machine."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def bench_model(model: str, args: argparse.Namespace, baseline: types.ModuleType | None) -> list[str]:
@@ -173,7 +175,9 @@ def bench_model(model: str, args: argparse.Namespace, baseline: types.ModuleType
     _randomize(ours, 1)
     state = ours.state_dict()
     variants: dict[str, tuple[nn.Module, torch.dtype]] = {"ours float32": (ours, torch.float32)}
-    variants["ours bfloat16"] = (ours, torch.bfloat16)
+    if args.bf16:
+        variants["ours bfloat16"] = (ours, torch.bfloat16)
+    variants["ours int8"] = (quantize_linear_int8(ours), torch.float32)
     official = official_encoder(model, args.official)
     if official is not None:
         # The official TinyViT keeps its bias index table in the state dict; ours rebuilds it.
@@ -195,18 +199,20 @@ def bench_model(model: str, args: argparse.Namespace, baseline: types.ModuleType
 
     outputs = {name: run(name) for name in variants}  # also the warm-up
     reference = outputs.get("official float32", outputs["ours float32"])
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name in variants:
             times[name].append(_time(lambda name=name: run(name)))
+    wall = {name: statistics.median(t[0] for t in ts) for name, ts in times.items()}
+    cpu = {name: statistics.median(t[1] for t in ts) for name, ts in times.items()}
     ref_name = "official float32" if "official float32" in variants else "baseline float32"
-    ref_s = statistics.median(times[ref_name]) if ref_name in times else None
     rows = []
     for name in variants:
-        med = statistics.median(times[name])
         diff = (outputs[name] - reference).abs().max().item()
-        speed = f"{ref_s / med:7.2f}x" if ref_s else "      -"
-        rows.append(f"{model:<20} {name:<17} {1000 * med:10.0f} {speed:>9} {diff:12.2e}")
+        speed = f"{cpu[ref_name] / cpu[name]:7.2f}x" if ref_name in cpu else "      -"
+        rows.append(
+            f"{model:<20} {name:<17} {1000 * wall[name]:9.0f} {1000 * cpu[name]:9.0f} {speed:>9} {diff:11.2e}"
+        )
     return rows
 
 
@@ -219,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-ref", default=None, help="git revision of persam to compare with")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="also time ours under bfloat16 autocast")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"cpu {cpu or platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
-        f"native bf16 {cpu_native_bf16()}; median of {args.repeats} interleaved rounds, 1024x1024 input"
+        f"native bf16 {cpu_native_bf16()}; median of {args.repeats} rounds, 1024x1024"
     )
-    head = f"{'model':<20} {'variant':<17} {'ms':>10} {'vs ref':>9} {'max|d| ref':>12}"
+    head = f"{'model':<20} {'variant':<17} {'wall ms':>9} {'cpu ms':>9} {'vs ref':>9} {'max|d| ref':>11}"
     with tempfile.TemporaryDirectory() as tmp:
         baseline = baseline_package(args.baseline_ref, Path(tmp))
         print(head)
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             for row in bench_model(model, args, baseline):
                 print(row, flush=True)
-    print("vs ref: speed-up over the official float32 module (or the baseline without it)")
+    print("vs ref: CPU-time speed-up over the official float32 module (or the baseline without it)")
     return 0
 
 
