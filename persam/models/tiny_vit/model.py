@@ -9,7 +9,7 @@ from torch import nn
 
 from persam.models.common import LayerNorm2d
 from persam.models.tiny_vit.attention import TinyViTBlock
-from persam.models.tiny_vit.layers import MBConv, PatchEmbed, PatchMerging
+from persam.models.tiny_vit.layers import MBConv, PatchEmbed, PatchMerging, is_pointwise, pointwise_conv
 
 
 class ConvLayer(nn.Module):
@@ -164,7 +164,11 @@ class TinyViT(nn.Module):
         x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x).contiguous()
+        conv1x1, *rest = self.neck
+        x = pointwise_conv(x, conv1x1.weight, conv1x1.bias) if is_pointwise(conv1x1) else conv1x1(x)
+        for module in rest:
+            x = module(x)
+        return x.contiguous()
 
 
 def _init_weights(m: nn.Module) -> None:
