@@ -9,6 +9,13 @@ CUDA. Latencies are medians over ``--repeats`` runs after ``--warmup`` runs; the
 one prompt set (one positive point, 3 masks) on the encoded image. "enc cpu ms" is the process CPU
 time of one encoder run (all threads together): on a busy machine it is steadier than wall time.
 Models that cannot be built are reported as unavailable.
+
+"GFLOP" is one encoder pass at 1024x1024 counted by ``torch.utils.flop_counter.FlopCounterMode``
+(2 per multiply-add; convolutions, linear layers and attention, on the meta device, so the count
+does not depend on the precision), "GFLOP/s" that count over the median encoder time, and "peak"
+the float32 GEMM rate of the same process just before (median of 3 ``2048^3`` matmuls on the same
+device and threads): "of peak" says how close the encoder runs to what this machine's matmul
+reaches now (for int8 the float32 count is kept, so it reads as an effective rate).
 """
 
 from __future__ import annotations
@@ -33,6 +40,38 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def encoder_gflop(model: str) -> float:
+    """GFLOP of one image-encoder pass at 1024x1024 (counted on the meta device: no compute)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from persam.registry import build_module
+
+    with torch.device("meta"):
+        encoder = build_module(model).image_encoder.eval()
+        x = torch.empty(1, 3, 1024, 1024)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoder(x)
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_peak_gflops(device: str, n: int = 2048, repeats: int = 3) -> float:
+    """Median float32 rate of an ``n^3`` matmul on ``device`` (GFLOP/s)."""
+    import torch
+
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threads: int | None) -> dict:
     """Measures one configuration in this process and returns the numbers."""
     import numpy as np
@@ -50,6 +89,12 @@ def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threa
         return {"model": model, "dtype": dtype, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
 
     params = sum(p.numel() for p in backbone.model.parameters())
+    try:
+        gflop = encoder_gflop(model)
+    except Exception:  # a model that cannot run on meta still gets its latency
+        gflop = float("nan")
+    with torch.no_grad():
+        peak = gemm_peak_gflops(device)
     image = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -77,20 +122,24 @@ def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threa
             decoder_s.append(time.perf_counter() - t)
 
     if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
         peak_kind = "cuda_max_allocated"
     else:
-        peak = _rss_peak_mib() - baseline
+        peak_mib = _rss_peak_mib() - baseline
         peak_kind = "rss_above_baseline"
+    encoder_median = statistics.median(encoder_s)
     return {
         "model": model,
         "dtype": dtype,
         "params_m": params / 1e6,
-        "encoder_ms": 1000 * statistics.median(encoder_s),
+        "encoder_ms": 1000 * encoder_median,
         "encoder_cpu_ms": 1000 * statistics.median(encoder_cpu_s),
         "decoder_ms": 1000 * statistics.median(decoder_s),
-        "peak_mib": peak,
+        "peak_mib": peak_mib,
         "peak_kind": peak_kind,
+        "gflop": gflop,
+        "gflops": gflop / encoder_median,
+        "gemm_peak_gflops": peak,
         "threads": torch.get_num_threads(),
     }
 
@@ -121,10 +170,17 @@ def _run_isolated(args: argparse.Namespace, model: str, dtype: str) -> dict:
     return json.loads(lines[-1])
 
 
+def _cpu_name() -> str | None:
+    import torch
+
+    get = getattr(torch.cpu, "get_capabilities", None)
+    return get().get("cpu_name") if get is not None else None
+
+
 def _table(rows: list[dict]) -> str:
     head = (
         f"{'model':<22} {'dtype':<9} {'params M':>9} {'encoder ms':>11} {'enc cpu ms':>11} "
-        f"{'decoder ms':>11} {'peak MiB':>9}"
+        f"{'decoder ms':>11} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'peak':>7} {'of peak':>8}"
     )
     out = [head, "-" * len(head)]
     for r in rows:
@@ -133,7 +189,9 @@ def _table(rows: list[dict]) -> str:
         else:
             out.append(
                 f"{r['model']:<22} {r['dtype']:<9} {r['params_m']:>9.1f} {r['encoder_ms']:>11.1f} "
-                f"{r['encoder_cpu_ms']:>11.1f} {r['decoder_ms']:>11.2f} {r['peak_mib']:>9.0f}"
+                f"{r['encoder_cpu_ms']:>11.1f} {r['decoder_ms']:>11.2f} {r['peak_mib']:>9.0f} "
+                f"{r['gflop']:>7.1f} {r['gflops']:>8.1f} {r['gemm_peak_gflops']:>7.1f} "
+                f"{r['gflops'] / r['gemm_peak_gflops']:>8.0%}"
             )
     return "\n".join(out)
 
@@ -168,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(row), flush=True)
     if not args.json:
-        print(f"device {args.device}, image 768x1024, median of {args.repeats} (after {args.warmup} warm-up)")
+        import platform
+
+        print(
+            f"device {args.device} ({_cpu_name() or platform.machine()}), image 768x1024, median of "
+            f"{args.repeats} (after {args.warmup} warm-up); peak = float32 2048^3 GEMM in the same process"
+        )
         print(_table(rows))
     return 0
 

@@ -16,6 +16,19 @@ def _deterministic_threads():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _float32_by_default(monkeypatch: pytest.MonkeyPatch):
+    # The golden comparisons are float32; ``build_model``'s default ``dtype="auto"`` would pick
+    # bfloat16 on a machine that computes in it natively (AMX / AVX512-BF16 CPUs, CUDA).
+    from persam.devices import resolve_dtype
+    from persam.registry import build
+
+    def pinned(dtype="auto", device=None, *, option="dtype"):
+        return resolve_dtype("float32" if dtype in ("auto", None) else dtype, device, option=option)
+
+    monkeypatch.setattr(build, "resolve_dtype", pinned)
+
+
 @pytest.fixture
 def persam_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh, empty ``PERSAM_HOME`` (weights cache) for the test, and no proxy (test servers are

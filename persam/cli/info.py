@@ -28,6 +28,7 @@ def _info(args: argparse.Namespace) -> int:
     print("devices")
     for line in _device_lines(torch):
         print(f"  {line}")
+    print(f"dtype    {_auto_dtype_line()}")
     print(f"models   {_models_line()}")
     for line in _weights_lines():
         print(line)
@@ -35,7 +36,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _device_lines(torch: ModuleType) -> list[str]:
-    lines = [f"cpu      {torch.get_num_threads()} threads"]
+    lines = [f"cpu      {torch.get_num_threads()} threads, {_cpu_precision()}"]
     if torch.cuda.is_available():
         bf16 = "yes" if torch.cuda.is_bf16_supported() else "no"
         for i in range(torch.cuda.device_count()):
@@ -85,3 +86,32 @@ def _weights_lines() -> list[str]:
     n = sum(state != "no" for _, state in rows)
     lines.append(f"  {n} of {len(rows)} official checkpoints cached (download: persam weights download NAME)")
     return lines
+
+
+def _cpu_precision() -> str:
+    """The CPU's vector unit and whether it computes in bfloat16 / float16 natively."""
+    from persam.devices import cpu_native_bf16, cpu_native_fp16
+
+    capability = _torch_capability()
+    bf16 = "native" if cpu_native_bf16() else "emulated"
+    fp16 = "native" if cpu_native_fp16() else "emulated"
+    return f"{capability}, bf16 {bf16}, fp16 {fp16}"
+
+
+def _torch_capability() -> str:
+    """The SIMD level torch's CPU kernels use (``AVX2``, ``AVX512``, ...), or ``unknown``."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # a diagnostic command reports what it can
+        return "unknown"
+
+
+def _auto_dtype_line() -> str:
+    """What ``--dtype auto`` picks on the device ``--device auto`` picks."""
+    from persam.devices import auto_dtype, best_device
+
+    device = best_device()
+    picked = str(auto_dtype(device)).removeprefix("torch.")
+    return f"auto -> {picked} on {device.type} (bfloat16 only where the hardware computes in it)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,10 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from persam import methods
-from persam.devices import DEVICE_CHOICES, DTYPE_CHOICES
+from persam.devices import DEVICE_CHOICES, DTYPE_CHOICES, EmulatedPrecisionWarning
 from persam.errors import InputError, first_line
 
 if TYPE_CHECKING:
+    import torch
+
     from persam.backbones.base import Backbone
 
 DEVICES = DEVICE_CHOICES
@@ -59,7 +62,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "for testing only (default auto)",
     )
     g.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default auto)")
-    g.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision (default float32)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="image-encoder precision: auto = bfloat16 where the hardware computes in it natively, "
+        "else float32; int8 = quantized linear layers, CPU only (default auto)",
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -91,9 +100,6 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
     that two runs (e.g. ``persam learn`` then ``persam segment --concept``) use the same model; it
     warns on stderr, as such a model is useless for real images.
     """
-    from persam.registry import build_model
-    from persam.weights import WeightsError
-
     device = resolve_device(args.device)
     model = args.model or DEFAULT_MODEL
     if model.lower().endswith(".json") and not Path(model).is_file():
@@ -103,17 +109,48 @@ def load_model(args: argparse.Namespace, prog: str = "persam") -> Backbone:
             f"--checkpoint auto: only a registry model (see 'persam weights list') has an official "
             f"checkpoint; with --model {model} pass --checkpoint PATH (or none for random weights)"
         )
+    dtype = resolve_dtype(getattr(args, "dtype", "auto"), device, prog)
     random_weights = args.checkpoint is None or str(args.checkpoint).lower() == "none"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmulatedPrecisionWarning)  # reported once, just above
+        backbone = _build(args, model, device, dtype, random_weights)
+    if random_weights:
+        print(
+            f"{prog}: warning: --checkpoint none: random weights ({backbone.checkpoint_id}), "
+            "for testing only",
+            file=sys.stderr,
+        )
+    return backbone
+
+
+def resolve_dtype(dtype: str, device: str, prog: str = "persam") -> torch.dtype:
+    """``--dtype`` on ``device`` (:func:`persam.devices.resolve_dtype`): a 16-bit precision that
+    this CPU emulates is a one-line warning on stderr; ``int8`` off the CPU a :class:`CommandError`."""
+    from persam.devices import resolve_dtype as resolve
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmulatedPrecisionWarning)
+        try:
+            resolved = resolve(dtype, device, option="--dtype")
+        except InputError as e:
+            raise CommandError(one_line(e)) from None
+    for w in caught:
+        if issubclass(w.category, EmulatedPrecisionWarning):
+            print(f"{prog}: warning: {one_line(w.message)}", file=sys.stderr)
+        else:  # not ours to reword: hand it on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return resolved
+
+
+def _build(
+    args: argparse.Namespace, model: str, device: str, dtype: torch.dtype, random_weights: bool
+) -> Backbone:
+    from persam.registry import build_model
+    from persam.weights import WeightsError
+
     try:
-        if random_weights:
-            backbone = build_model(model, checkpoint="none", device=device, dtype=args.dtype)
-            print(
-                f"{prog}: warning: --checkpoint none: random weights ({backbone.checkpoint_id}), "
-                "for testing only",
-                file=sys.stderr,
-            )
-            return backbone
-        return build_model(model, checkpoint=args.checkpoint, device=device, dtype=args.dtype)
+        checkpoint = "none" if random_weights else args.checkpoint
+        return build_model(model, checkpoint=checkpoint, device=device, dtype=dtype)
     except (WeightsError, InputError, ValueError, KeyError, OSError) as e:
         message = one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
         if model.lower().endswith(".json") and model not in message and "config" in message:

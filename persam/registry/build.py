@@ -19,6 +19,7 @@ from torch import nn
 from persam import weights
 from persam.devices import resolve_device, resolve_dtype
 from persam.errors import InputError, WeightsError
+from persam.models.quantization import quantize_linear_int8
 from persam.registry.loading import module_from_checkpoint
 from persam.registry.specs import (
     ModelFamily,
@@ -140,7 +141,7 @@ def build_model(
     name_or_config: ModelArg,
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     seed: int | None = None,
 ) -> Backbone:
     """Builds a backbone ready for :meth:`~persam.backbones.base.Backbone.set_image`.
@@ -152,7 +153,12 @@ def build_model(
             checkpoint of a registered model (downloaded into the cache if missing), or a path.
         device: where the model runs (``"auto"`` picks the best available, see
             :func:`persam.devices.resolve_device`).
-        dtype: image-encoder compute dtype (``float32``, ``bfloat16`` or ``float16``).
+        dtype: image-encoder precision: ``"auto"`` (bfloat16 where the device computes in it
+            natively, else float32; see :func:`persam.devices.auto_dtype`), ``float32``,
+            ``bfloat16``, ``float16`` (autocast, weights stay float32) or ``int8`` (CPU only: the
+            encoder's linear layers dynamically quantized, see
+            :func:`persam.models.quantization.quantize_linear_int8`). The backbone's ``dtype``
+            attribute holds the result (``torch.int8`` for int8).
         seed: seed of the random initialisation (default: the config's ``_init.seed``, else 0).
             Random models are therefore reproducible, and their ``checkpoint_id``
             (``"random:<name>:<seed>"``) tells two differently seeded ones apart.
@@ -165,8 +171,8 @@ def build_model(
         InputError: unknown model, bad config, dtype or device (a ``ValueError``).
         WeightsError: checkpoint missing, unreadable or not for this model.
     """
-    compute_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype, target)
     choice = resolve_model(name_or_config)
     if checkpoint is not None and str(checkpoint).lower() != "none":
         path = _checkpoint_path(choice, checkpoint)
@@ -181,7 +187,14 @@ def build_model(
         checkpoint_id = f"random:{choice.name}:{seed}"
     module = module.to(target)
     backbone_cls: type[Backbone] = resolve_target(choice.backbone)
-    return backbone_cls(module, name=choice.name, checkpoint_id=checkpoint_id, dtype=compute_dtype)
+    if compute_dtype is not torch.int8:
+        return backbone_cls(module, name=choice.name, checkpoint_id=checkpoint_id, dtype=compute_dtype)
+    module.image_encoder = quantize_linear_int8(module.image_encoder)
+    backbone = backbone_cls(module, name=choice.name, checkpoint_id=checkpoint_id, dtype=torch.float32)
+    # The int8 encoder computes in float32 between its quantized layers, so it runs without
+    # autocast, which a backbone applies to the 16-bit dtypes only.
+    backbone.dtype = torch.int8
+    return backbone
 
 
 def _checkpoint_path(choice: ModelChoice, checkpoint: str | Path) -> Path:

@@ -377,7 +377,7 @@ def test_build_errors(tmp_path):
     with pytest.raises(ValueError, match="unrecognised model config"):
         build_module({"foo": 1})
     with pytest.raises(ValueError, match="dtype"):
-        build_model(tiny_sam_config(), dtype="int8")
+        build_model(tiny_sam_config(), dtype="int4")
     cfg = tiny_sam_config()
     cfg["image_encoder"]["class"] = "ResNet"
     with pytest.raises(ValueError, match="image_encoder class"):

@@ -84,8 +84,11 @@ def test_dtypes() -> None:
         (torch.bfloat16, torch.bfloat16),
     ):
         assert resolve_dtype(text) is dtype
-    with pytest.raises(InputError, match=r"unknown dtype 'int8' \(expected float32, bfloat16 or float16\)"):
-        resolve_dtype("int8")
+    assert resolve_dtype("int8") is torch.int8 and resolve_dtype("auto") is torch.float32
+    with pytest.raises(
+        InputError, match=r"unknown dtype 'int4' \(expected auto, float32, bfloat16, float16 or int8\)"
+    ):
+        resolve_dtype("int4")
     with pytest.raises(InputError, match="dtype torch.float64: unsupported dtype"):
         resolve_dtype(torch.float64)
     with pytest.raises(InputError, match="unknown --dtype 'half'"):

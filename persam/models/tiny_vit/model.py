@@ -9,7 +9,7 @@ from torch import nn
 
 from persam.models.common import LayerNorm2d
 from persam.models.tiny_vit.attention import TinyViTBlock
-from persam.models.tiny_vit.layers import MBConv, PatchEmbed, PatchMerging
+from persam.models.tiny_vit.layers import MBConv, PatchEmbed, PatchMerging, is_pointwise, pointwise_conv
 
 
 class ConvLayer(nn.Module):
@@ -38,7 +38,8 @@ class ConvLayer(nn.Module):
 class BasicLayer(nn.Module):
     """Stages 1-3: TinyViT blocks, then an optional patch merging.
 
-    ``[B, C, H, W] -> [B, C', H', W']`` (the blocks run channels last).
+    ``[B, C, H, W] -> [B, C', H', W']`` (the blocks run on ``[B, H, W, C]`` tokens; for a
+    channels-last input that view needs no copy).
     """
 
     def __init__(
@@ -157,10 +158,17 @@ class TinyViT(nn.Module):
             raise ValueError(
                 f"TinyViT: expected an image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}"
             )
-        x = self.patch_embed(x)
+        # Channels-last throughout: the convolutions (1x1 and depthwise above all) run 1.5-2x
+        # faster on the CPU in this layout, and the transformer stages' NCHW <-> NHWC permutes
+        # become free views instead of copies.
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
-        return self.neck(x)
+        conv1x1, *rest = self.neck
+        x = pointwise_conv(x, conv1x1.weight, conv1x1.bias) if is_pointwise(conv1x1) else conv1x1(x)
+        for module in rest:
+            x = module(x)
+        return x.contiguous()
 
 
 def _init_weights(m: nn.Module) -> None:
