@@ -268,6 +268,11 @@ class Backbone(ABC):
         return (
             self.binarize(high).cpu().numpy(),
             out.iou_predictions[0].float().cpu().numpy(),
-            out.low_res_logits[0].float().cpu().numpy(),
+            self.predictor_low_res(out.low_res_logits[0]).float().cpu().numpy(),
             high,
         )
+
+    def predictor_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
+        """The low-res logits :meth:`predict` returns, as the family's official predictor returns
+        them (SAM: as decoded; a backbone whose predictor clamps them overrides this)."""
+        return low_res

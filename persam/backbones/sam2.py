@@ -254,42 +254,6 @@ class Sam2Backbone(Backbone):
         m = F.interpolate(m[None, None], (s, s), mode="bilinear", align_corners=False, antialias=True)
         return F.interpolate(m, self.image_embedding_size, mode="bilinear", align_corners=False)[0, 0]
 
-    # --------------------------------------------------------------- helpers
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | torch.Tensor | None = None,
-        multimask_output: bool = True,
-        attn_sim: torch.Tensor | None = None,
-        target_embedding: torch.Tensor | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
-        """Single-prompt-set call mirroring ``SAM2ImagePredictor.predict``: ``(masks [C, H, W] bool,
-        scores [C], low_res_logits [C, 256, 256] clamped to ±32, high_res_logits [C, H, W])``."""
-        dev = self.device
-        pc = pl = bx = mi = None
-        if point_coords is not None:
-            pc = torch.as_tensor(np.asarray(point_coords), dtype=torch.float32, device=dev)[None]
-            pl = torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev)[None]
-        if box is not None:
-            bx = torch.as_tensor(np.asarray(box), dtype=torch.float32, device=dev).reshape(1, 4)
-        if mask_input is not None:
-            mi = torch.as_tensor(mask_input, dtype=torch.float32, device=dev).reshape(1, 1, 256, 256)
-        out = self.decode(
-            pc,
-            pl,
-            boxes=bx,
-            mask_input=mi,
-            multimask_output=multimask_output,
-            attn_sim=attn_sim,
-            target_embedding=target_embedding,
-        )
-        high = self.postprocess(out.low_res_logits)[0]
-        low = out.low_res_logits[0].clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
-        return (
-            self.binarize(high).cpu().numpy(),
-            out.iou_predictions[0].float().cpu().numpy(),
-            low.float().cpu().numpy(),
-            high,
-        )
+    def predictor_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
+        """``SAM2ImagePredictor.predict`` returns the low-res logits clamped to ±32."""
+        return low_res.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)

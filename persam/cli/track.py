@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         args.video = Path(args.video[0])
         if args.overlay is not None and args.overlay.suffix.lower() not in OVERLAY_SUFFIXES:
             raise CommandError(f"--overlay {args.overlay}: use a .mp4 or .avi file name")
-        masks = args.mask or [default_mask(args.video)]
+        from_photo = bool(args.ref or args.ref_mask or args.concept)
+        masks = args.mask or ([] if from_photo else [default_mask(args.video)])
         check_inputs_kept(args, masks)
         check_output_dir(args.output)
         if args.overlay is not None:

@@ -113,7 +113,7 @@ def test_cli_track_from_a_photo(video, photo, tmp_path, monkeypatch, capsys):
     _write_frames(tmp_path / "frames", frames)
     Image.fromarray(photo[0]).save(tmp_path / "dog.png")
     Image.fromarray(photo[1].astype(np.uint8) * 255).save(tmp_path / "dog_mask.png")
-    monkeypatch.setattr("persam.cli.track.load_model", lambda args: ColourBackbone())
+    monkeypatch.setattr("persam.cli.track.load_model", lambda args, *_: ColourBackbone())
     out = tmp_path / "out"
     rc = main(["track", str(tmp_path / "frames"), "--ref", str(tmp_path / "dog.png"), "--ref-mask",
                str(tmp_path / "dog_mask.png"), "-o", str(out), "--tracker", "persam", "-q"])  # fmt: skip
@@ -140,7 +140,7 @@ def test_cli_photo_option_errors(video, photo, tmp_path, monkeypatch, capsys):
     _write_frames(tmp_path / "frames", frames)
     Image.fromarray(photo[0]).save(tmp_path / "dog.png")
     Image.fromarray(labels[-1] * 255).save(tmp_path / "first.png")
-    monkeypatch.setattr("persam.cli.track.load_model", lambda args: ColourBackbone())
+    monkeypatch.setattr("persam.cli.track.load_model", lambda args, *_: ColourBackbone())
     base = ["track", str(tmp_path / "frames"), "-o", str(tmp_path / "out"), "-q"]
     ref, first = tmp_path / "dog.png", tmp_path / "first.png"
     cases = [
