@@ -84,10 +84,33 @@ def ray_segmenter(args: argparse.Namespace) -> Any:
     runs on Ray with the model and cluster options of ``args``."""
     from persam.distributed import segment_dataset
 
-    def segment(*positional: Any, progress: bool, **kw: Any) -> Any:
-        return segment_dataset(*positional, **kw, **model_options(args), **ray_options(args))
+    def segment(
+        concept: Any, targets: Any, out_dir: Any, *, progress: bool, inputs: Any = None, **kw: Any
+    ) -> Any:
+        _check_local_outputs(targets, out_dir, inputs, kw)
+        return segment_dataset(concept, targets, out_dir, **kw, **model_options(args), **ray_options(args))
 
     return segment
+
+
+def _check_local_outputs(targets: Any, out_dir: Any, inputs: Any, kw: dict[str, Any]) -> None:
+    """The local engine's check that no output replaces an input, for a local output folder and
+    the local targets (URIs cannot be the same file as a local output)."""
+    if "://" in str(out_dir):
+        return
+    from persam.io import list_images
+    from persam.outputs import DEFAULT_SAVE, check_outputs_not_inputs, parse_save
+    from persam.pipelines.image_set import output_names
+
+    local = list_images([t for t in targets if "://" not in str(t)]) if targets else []
+    check_outputs_not_inputs(
+        out_dir,
+        output_names(local),
+        parse_save(kw.get("save", DEFAULT_SAVE)),
+        kw.get("concept_name", "object"),
+        kw.get("overlay_format", "jpg"),
+        {"TARGET": local, **(inputs or {})},
+    )
 
 
 def track_with_ray(args: argparse.Namespace, prog: str) -> int:
