@@ -115,24 +115,53 @@ def _check_local_outputs(targets: Any, out_dir: Any, inputs: Any, kw: dict[str, 
 
 def track_with_ray(args: argparse.Namespace, prog: str) -> int:
     """``persam track --engine ray VIDEO...``: one video per task; ``OUT/<video name>/`` for
-    several videos, ``OUT/`` for one (as the local engine)."""
-    from persam.cli.track import default_mask
+    several videos, ``OUT/`` for one (as the local engine). ``--overlay`` names the overlay file of
+    one video, or for several the folder that gets ``<video name>.mp4`` each; ``--ref`` /
+    ``--concept`` objects are learned here once and shipped to the actors as concept files."""
+    from persam.cli.track import OVERLAY_SUFFIXES, default_mask
+    from persam.cli.track_objects import learn_photo_objects, read_photo_objects
     from persam.distributed.track import VideoJob, track_dataset, video_jobs
 
     try:
-        if args.overlay is not None:
-            raise CommandError("--overlay is not available with --engine ray")
         videos = [str(v) for v in args.video]
+        photos = read_photo_objects(args)
         if args.mask and len(args.mask) != len(videos) and len(videos) > 1:
             raise CommandError(
                 f"--mask: give one first-frame mask per video ({len(videos)}) or none for DAVIS folders"
             )
+        overlay = None if args.overlay is None else str(args.overlay)
+        if overlay is not None:
+            suffix = args.overlay.suffix.lower()
+            if len(videos) == 1 and suffix not in OVERLAY_SUFFIXES:
+                raise CommandError(f"--overlay {overlay}: use a .mp4 or .avi file name")
+            if len(videos) > 1 and suffix in OVERLAY_SUFFIXES:
+                raise CommandError(
+                    f"--overlay {overlay}: with several videos give a folder (each video's overlay "
+                    "is written there as <video name>.mp4)"
+                )
+            if "://" not in overlay:
+                from pathlib import Path
+
+                from persam.paths import check_not_input
+
+                local = [Path(v) for v in videos if "://" not in v]
+                masks_in = [Path(m) for m in args.mask if "://" not in str(m)]
+                check_not_input(Path(overlay), {"VIDEO": local, "--mask": masks_in}, "--overlay")
         if len(videos) == 1:
-            masks = [[str(m) for m in args.mask] or [str(_default(default_mask, videos[0]))]]
-            jobs = [VideoJob(video=videos[0], masks=tuple(masks[0]), out=str(args.output))]
+            masks = [] if photos is not None else [str(m) for m in args.mask] or [str(_default(default_mask, videos[0]))]
+            jobs = [VideoJob(video=videos[0], masks=tuple(masks), out=str(args.output), overlay=overlay)]
         else:
-            masks = [str(m) for m in args.mask] or [str(_default(default_mask, v)) for v in videos]
-            jobs = video_jobs(videos, masks, args.output)
+            masks = (
+                None
+                if photos is not None
+                else [str(m) for m in args.mask] or [str(_default(default_mask, v)) for v in videos]
+            )
+            jobs = video_jobs(videos, masks, args.output, overlay_dir=overlay)
+        concepts = None
+        if photos is not None:
+            from persam.cli.options import load_model
+
+            concepts = learn_photo_objects(load_model(args, prog), photos, args.method)
         summary = track_dataset(
             jobs,
             method=args.method,
@@ -141,6 +170,11 @@ def track_with_ray(args: argparse.Namespace, prog: str) -> int:
             stride=args.stride,
             topk=args.topk,
             box_margin=args.box_margin,
+            tracker=args.tracker,
+            redetect_after=args.redetect_after,
+            concepts=concepts,
+            find_threshold=args.find_threshold,
+            overwrite=args.overwrite,
             log=lambda msg: print(f"{prog}: {msg}", file=sys.stderr, flush=True),
             **model_options(args),
             **ray_options(args),

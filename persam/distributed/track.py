@@ -1,9 +1,11 @@
 """Tracking many videos on a Ray cluster: :func:`track_dataset`.
 
-One video is one task: an actor holding the model tracks it from its first-frame mask to the end,
-in order, with :func:`persam.pipelines.video.track_to_folder`, so every output folder is exactly
-what ``persam track`` writes for that video (DAVIS label maps and ``scores.json``, which appears
-last). Finished folders are skipped, so an interrupted job resumes with the same call.
+One video is one task: an actor holding the model tracks it from its first-frame mask (or from
+concepts learned from photos) to the end, in order, with
+:func:`persam.pipelines.video_folder.track_to_folder`, so every output folder is exactly what
+``persam track`` writes for that video (DAVIS label maps, an optional overlay video and
+``scores.json``, which appears last). Finished folders are skipped, so an interrupted job resumes
+with the same call.
 """
 
 from __future__ import annotations
@@ -21,21 +23,24 @@ from typing import Any
 import numpy as np
 
 from persam.distributed.cluster import RayOptions, actor_pool_args, import_ray, ray_session
-from persam.distributed.segment import model_spec
+from persam.distributed.segment import concept_bytes, model_spec
 from persam.distributed.storage import Destination, exists, fetch, is_uri, join_uri, split_uri
 from persam.errors import InputError
+from persam.personalize import Concept
+from persam.pipelines.find import FIND_THRESHOLD
 from persam.pipelines.image_set import output_names
 from persam.writers import LabelMapWriter
 
 
 @dataclass(frozen=True, kw_only=True)
 class VideoJob:
-    """One video: its file or frame folder, its first-frame mask(s) and its output folder (paths or
-    URIs)."""
+    """One video: its file or frame folder, its first-frame mask(s) (none when the objects are
+    given as concepts), its output folder and optional overlay video (paths or URIs)."""
 
     video: str
     masks: tuple[str, ...]
     out: str
+    overlay: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -67,11 +72,22 @@ def video_names(videos: Sequence[str]) -> list[str]:
     return output_names([split_uri(v)[1] if is_uri(v) else v for v in videos])
 
 
+def _below(folder: str | os.PathLike, name: str) -> str:
+    return join_uri(str(folder), name) if is_uri(folder) else str(Path(folder) / name)
+
+
 def video_jobs(
-    videos: Sequence[str | os.PathLike], masks: Sequence[Any], out_dir: str | os.PathLike
+    videos: Sequence[str | os.PathLike],
+    masks: Sequence[Any] | None,
+    out_dir: str | os.PathLike,
+    *,
+    overlay_dir: str | os.PathLike | None = None,
+    overlay_suffix: str = ".mp4",
 ) -> list[VideoJob]:
-    """One job per video with output ``OUT/<video name>``; ``masks[i]``: a mask or a list of masks."""
-    if len(videos) != len(masks):
+    """One job per video with output ``OUT/<video name>``; ``masks[i]``: a mask or a list of masks
+    (``masks=None``: objects given as concepts to :func:`track_dataset`); with ``overlay_dir``, the
+    overlay video of each ``<video name>`` is ``overlay_dir/<video name><overlay_suffix>``."""
+    if masks is not None and len(videos) != len(masks):
         raise InputError(f"{len(videos)} videos but {len(masks)} first-frame masks")
     names = video_names([str(v) for v in videos])
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -80,10 +96,11 @@ def video_jobs(
     return [
         VideoJob(
             video=str(v),
-            masks=tuple(str(x) for x in (m if isinstance(m, (list, tuple)) else [m])),
-            out=join_uri(str(out_dir), n) if is_uri(out_dir) else str(Path(out_dir) / n),
+            masks=() if m is None else tuple(str(x) for x in (m if isinstance(m, (list, tuple)) else [m])),
+            out=_below(out_dir, n),
+            overlay=None if overlay_dir is None else _below(overlay_dir, n + overlay_suffix),
         )
-        for v, m, n in zip(videos, masks, names, strict=True)
+        for v, m, n in zip(videos, masks if masks is not None else [None] * len(videos), names, strict=True)
     ]
 
 
@@ -99,14 +116,26 @@ class TrackActor:
         dtype: str,
         threads: int,
         options: dict[str, Any],
+        concepts: Sequence[bytes] = (),
+        redetect_after: int | None = None,
     ) -> None:
         import torch
 
+        from persam.personalize import Concept
         from persam.registry import build_model
+        from persam.tracking import Redetector
 
         torch.set_num_threads(threads)
         self.model = build_model(model, checkpoint=checkpoint, device=device, dtype=dtype)
-        self.options = options
+        self.options = dict(options)
+        self.options["redetect"] = None if redetect_after is None else Redetector(after=redetect_after)
+        self.concepts = None
+        if concepts:
+            with tempfile.TemporaryDirectory(prefix="persam-concept-") as tmp:
+                paths = [Path(tmp) / f"{k}.persam" for k in range(len(concepts))]
+                for path, data in zip(paths, concepts, strict=True):
+                    path.write_bytes(data)
+                self.concepts = [Concept.load(path, self.model) for path in paths]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"index": [], "message": [], "frames": []}
@@ -130,17 +159,42 @@ class TrackActor:
             inputs.mkdir()
             video = fetch(job.video, inputs)
             masks = [fetch(m, inputs) for m in job.masks]
-            first = load_first_mask(masks[0] if len(masks) == 1 else masks)
-            meta = {"video": job.video, "mask": list(job.masks), "method": self.options["method"]}
-            meta.update(compat=self.options["compat"], model=self.model.name)
+            first = load_first_mask(masks[0] if len(masks) == 1 else masks) if masks else None
+            meta = {"video": job.video, "mask": list(job.masks), "tracker": self.options["tracker"]}
+            meta.update(method=self.options["method"], compat=self.options["compat"], model=self.model.name)
             dest = Destination(job.out, Path(tmp) / "out")
-            summary = track_to_folder(self.model, video, first, dest.local_dir, metadata=meta, **self.options)
+            overlay, overlay_dest = self._overlay_target(job, Path(tmp) / "overlay")
+            summary = track_to_folder(
+                self.model,
+                video,
+                first,
+                dest.local_dir,
+                concepts=self.concepts,
+                overlay=overlay,
+                metadata=meta,
+                **self.options,
+            )
+            if overlay_dest is not None and overlay is not None:
+                overlay_dest.publish([overlay])  # before the scores file that marks a finished run
             if dest.remote:
                 files = sorted(
                     dest.local_dir.iterdir(), key=lambda f: (f.name == LabelMapWriter.scores_name, f.name)
                 )
                 dest.publish(files)  # the scores file last, as locally
             return summary.frames
+
+    @staticmethod
+    def _overlay_target(job: VideoJob, staging: Path) -> tuple[Path | None, Destination | None]:
+        """Where the overlay video is written: its own path when local, else a staged file that
+        the returned destination publishes."""
+        if job.overlay is None:
+            return None, None
+        if not is_uri(job.overlay):
+            Path(job.overlay).parent.mkdir(parents=True, exist_ok=True)
+            return Path(job.overlay), None
+        folder, name = job.overlay.rsplit("/", 1)
+        staging.mkdir()
+        return staging / name, Destination(folder, staging)
 
 
 def track_dataset(
@@ -156,6 +210,10 @@ def track_dataset(
     stride: int = 1,
     topk: int = 2,
     box_margin: int = 10,
+    tracker: str = "auto",
+    redetect_after: int | None = None,
+    concepts: Sequence[Concept | str | os.PathLike] | None = None,
+    find_threshold: float = FIND_THRESHOLD,
     overwrite: bool = False,
     ray_address: str | None = None,
     actors: int = 1,
@@ -168,9 +226,18 @@ def track_dataset(
     """Tracks every video of ``jobs`` (see :func:`video_jobs`) on a Ray cluster, one video per task.
 
     A job whose output folder holds ``scores.json`` (a finished run) is skipped unless
-    ``overwrite``; a video that fails is reported and the others go on. Options: as
-    :func:`persam.pipelines.video.track_to_folder` and :func:`persam.distributed.segment_dataset`.
+    ``overwrite``; a video that fails is reported and the others go on. With ``concepts`` (learned
+    concepts or concept files, one object each) the jobs carry no masks: each video is tracked from
+    where PerSAM first finds the objects. ``redetect_after``: SAM 2 re-detection of an object lost
+    for that many frames (see :class:`persam.tracking.Redetector`). Other options: as
+    :func:`persam.pipelines.video_folder.track_to_folder` and
+    :func:`persam.distributed.segment_dataset`.
     """
+    if concepts and any(job.masks for job in jobs):
+        raise InputError("give first-frame masks or concepts, not both")
+    if not concepts and any(not job.masks for job in jobs):
+        raise InputError("a video has no first-frame mask and no concepts were given")
+    payloads = [concept_bytes(c)[0] for c in concepts or ()]
     t0 = time.perf_counter()
     options = RayOptions(
         address=ray_address,
@@ -193,7 +260,10 @@ def track_dataset(
             summary.startup_seconds = time.perf_counter() - t0
             ray = import_ray()
             track_options = {"method": method, "compat": compat, "start": start, "stride": stride}
-            track_options.update(topk=topk, box_margin=box_margin)
+            track_options.update(
+                topk=topk, box_margin=box_margin, tracker=tracker, find_threshold=find_threshold
+            )
+            track_options["overwrite"] = overwrite
             ctor = {
                 "model": model_spec(model),
                 "checkpoint": str(checkpoint),
@@ -201,6 +271,8 @@ def track_dataset(
                 "dtype": dtype,
                 "threads": session.torch_threads,
                 "options": track_options,
+                "concepts": payloads,
+                "redetect_after": redetect_after,
             }
             rows = [{"index": i, "job": json.dumps(jobs[i].__dict__)} for i in todo]
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(

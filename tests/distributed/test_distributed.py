@@ -194,3 +194,28 @@ def test_track_videos_same_label_maps_as_local_then_resume_by_cli(tmp_path, caps
     assert code == 1 and "nowhere" in out.err  # one video failed, the others are written
     assert "1 video(s) tracked, 2 skipped (finished before), 1 failed" in out.out
     assert main([*cli, "--device", "cpu"]) == 2 and "need --engine ray" in capsys.readouterr().err
+
+
+def test_track_from_a_photo_with_overlay_same_as_local(tmp_path, capsys):
+    """``--ref``/``--ref-mask`` (learned once, shipped as a concept file) and ``--overlay`` on Ray:
+    the label maps and scores of the local engine, an overlay video beside them."""
+    video = _video(tmp_path / "in" / "clip", 3, frames=5)
+    ref = tmp_path / "in" / "ref.png"
+    Image.fromarray(_scene(3)[0]).save(ref)
+    cli = ["track", str(video / "frames"), "--ref", str(ref), "--ref-mask", str(video / "first.png")]
+    cli += ["--model", "tiny_random_sam2", "--checkpoint", "none", "--device", "cpu", "-q"]
+    cli += ["--find-threshold", "0"]
+    assert main([*cli, "-o", str(tmp_path / "local"), "--overlay", str(tmp_path / "local.mp4")]) == 0
+    ray_run = [*cli, "-o", str(tmp_path / "ray"), "--overlay", str(tmp_path / "ray.mp4")]
+    assert main([*ray_run, "--engine", "ray", "--actors", "2"]) == 0, capsys.readouterr().err
+    assert "1 video(s) tracked" in capsys.readouterr().out
+    local, remote = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    assert sorted(local) == sorted(remote) and len([n for n in local if n.endswith(".png")]) == 5
+    assert all(local[n] == remote[n] for n in local if n.endswith(".png"))
+    scores = [json.loads(d["scores.json"])["frames"] for d in (local, remote)]
+    assert scores[0] == scores[1]
+    assert (tmp_path / "ray.mp4").stat().st_size > 0
+    # Several videos: --overlay is a folder that gets one <video name>.mp4 each.
+    bad = [*cli, "-o", str(tmp_path / "o2"), "--overlay", str(tmp_path / "x.mp4"), "--engine", "ray"]
+    assert main([*bad[:1], str(video / "frames"), *bad[1:]]) == 2
+    assert "give a folder" in capsys.readouterr().err and not (tmp_path / "o2").exists()
