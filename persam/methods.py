@@ -5,15 +5,20 @@ Kept free of heavy imports: the command line parses ``--method`` with it before 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
 
-#: Canonical method names: training-free PerSAM and PerSAM-F (two fitted mask weights).
-METHODS = ("persam", "persam_f")
+#: Canonical method names: training-free PerSAM, PerSAM-F (two fitted mask weights) and
+#: "candidates" (segment everything, then keep the masks that show the concept).
+METHODS = ("persam", "persam_f", "candidates")
+#: The methods that segment with the PerSAM decoder cascade (on an image already encoded).
+CASCADE_METHODS = ("persam", "persam_f")
 
 
 def normalize_method(method: str) -> str:
-    """The canonical name of ``method``: ``"persam"`` or ``"persam_f"``, whatever the case and
-    with ``-`` or ``_`` (``"PerSAM-F"``, ``"persam-f"`` and ``"persam_f"`` are all ``"persam_f"``).
+    """The canonical name of ``method`` (one of :data:`METHODS`), whatever the case and with ``-``
+    or ``_`` (``"PerSAM-F"``, ``"persam-f"`` and ``"persam_f"`` are all ``"persam_f"``).
 
     Raises:
         ValueError: any other method.
@@ -36,12 +41,20 @@ class MethodSpec:
         fits_mask_weights: two weights blending the decoder's three masks are fitted on the
             reference and the cascade starts from the blend (PerSAM-F); otherwise the first
             decoder call gets the target-guided attention and target-semantic prompt (PerSAM).
+        implementation: ``"module:attribute"`` of the object that finishes learning and does the
+            segmenting for a method that is not a PerSAM cascade (None for the cascades). It has
+            ``learn(model, concept, images, masks, options) -> Concept`` and
+            ``segment(concept, image, *, max_instances, score_threshold, model=None) ->
+            SegmentationResult``.
+            It is named rather than imported because it lives in a layer above the one that
+            learns concepts (it needs the automatic mask generator).
     """
 
     name: str
     feature_reduce: str
     negative_point: bool
     fits_mask_weights: bool
+    implementation: str | None = None
 
 
 _SPECS = {
@@ -52,9 +65,31 @@ _SPECS = {
         negative_point=False,
         fits_mask_weights=True,
     ),
+    # The concept's mean feature and negative point serve the optional PerSAM refinement of the
+    # kept candidates.
+    "candidates": MethodSpec(
+        name="candidates",
+        feature_reduce="mean",
+        negative_point=True,
+        fits_mask_weights=False,
+        implementation="persam.everything.method:CANDIDATES",
+    ),
 }
 
 
 def method_spec(method: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``method`` (any spelling :func:`normalize_method` accepts)."""
     return _SPECS[normalize_method(method)]
+
+
+def method_implementation(method: str) -> Any:
+    """The implementation object named by ``method``'s :attr:`MethodSpec.implementation`.
+
+    Raises:
+        ValueError: a cascade method, which has none.
+    """
+    target = method_spec(method).implementation
+    if target is None:
+        raise ValueError(f"method {method!r} is a PerSAM cascade and has no separate implementation")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
