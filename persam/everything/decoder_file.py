@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from persam.backbones.base import Backbone
+from persam.backbones.sam import SamBackbone
 from persam.errors import WeightsError, first_line
 from persam.weights import describe_mismatch, file_sha256
 
@@ -88,7 +89,7 @@ def load_decoder_checkpoint(model: Backbone, path: str | os.PathLike) -> None:
     p = Path(path)
     parts = read_decoder_file(p)
     modules = {name: getattr(model.model, name, None) for name in parts}
-    if any(m is None for m in modules.values()) or model.name.startswith(("efficient_sam", "sam2")):
+    if not isinstance(model, SamBackbone) or any(m is None for m in modules.values()):
         raise WeightsError(
             f"{p}: a SAM mask decoder file fits SAM and MobileSAM backbones only, not {model.name!r}"
         )

@@ -24,7 +24,9 @@ def _one_thread(one_thread):
     pass
 
 
-def paste(image: np.ndarray, labels: np.ndarray, label: int, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
+def paste(
+    image: np.ndarray, labels: np.ndarray, label: int, dx: int, dy: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``image`` with a copy of object ``label`` moved by (dx, dy), and the copy's mask."""
     ys, xs = np.nonzero(labels == label)
     out = image.copy()
@@ -67,7 +69,8 @@ def test_learned_concept_holds_its_calibration(learned):
     settings = concept.options["candidates"]
     assert concept.method == "candidates" and concept.reference_feats.shape == (1, 4)
     assert settings["source"] == "grid" and settings["generator"] == OPTIONS
-    assert settings["calibration"]["own_score"] > settings["threshold"] > settings["calibration"]["other_score"]
+    calibration = settings["calibration"]
+    assert calibration["own_score"] > settings["threshold"] > calibration["other_score"]
 
 
 def test_the_object_and_a_pasted_copy_are_found(scene, learned):
