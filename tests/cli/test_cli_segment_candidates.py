@@ -111,18 +111,12 @@ def test_box_source_from_a_json_file(colour_model, scenes, capsys):
 def test_bad_candidate_options_exit_2(colour_model, scenes, capsys, extra, message):
     d = scenes["dir"]
     out = d / "out"
-    with pytest.raises(SystemExit) if "colour" in extra else _nothing():
+    try:
         rc = main(["segment", *ref_args(d), str(d / "targets"), "-o", str(out), *extra, *MODEL])
-        assert rc == 2
+    except SystemExit as e:  # argparse rejects a bad --method value itself
+        rc = e.code
+    assert rc == 2
     assert message in capsys.readouterr().err and not out.exists()
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_everything_with_boxes_and_a_decoder_file(scenes, tmp_path, capsys):
