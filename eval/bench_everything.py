@@ -12,9 +12,9 @@ over the whole image, so thresholds are lowered for masks to survive. The offici
 torchvision for NMS and resizing; the stand-in of ``tests/official_amg.py`` replaces it.
 
 Then the two mask sources side by side, in images/s (encoder pass included): the point grid (SAM's
-generator, 32x32 points, multimask) and detector boxes (MobileSAMv2-style, one box one mask, one
-batched decoder call), the boxes being those of the grid's own masks, so that both find the same
-objects. ``--sources-only`` skips the comparison with the official package.
+generator, ``--points-per-side`` points a side, multimask) and detector boxes (MobileSAMv2-style,
+one box one mask, one batched decoder call), the boxes being those of the grid's own masks, so
+that both find the same objects. ``--sources-only`` skips the comparison with the official package.
 """
 
 from __future__ import annotations
@@ -124,9 +124,9 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def compare_sources(backbone, image: np.ndarray, repeats: int) -> None:
+def compare_sources(backbone, image: np.ndarray, repeats: int, points_per_side: int = 16) -> None:
     """Grid against boxes, images/s, median of ``repeats`` (each run encodes the image again)."""
-    options = dict(BASE, points_per_side=32)
+    options = dict(BASE, points_per_side=points_per_side)
     records = generate_masks(backbone, image, **options)
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (r.bbox for r in records)], np.float64)
     scores = np.array([r.predicted_iou for r in records])
@@ -144,7 +144,8 @@ def compare_sources(backbone, image: np.ndarray, repeats: int) -> None:
     t_box, b = median_time(from_boxes, repeats)
     print(f"\nmask sources, {len(boxes)} objects, median of {repeats} (encoder pass included)")
     print(f"{'source':36} {'s/image':>8} {'images/s':>9} {'masks':>6}")
-    print(f"{'grid 32x32 (1024 point prompts)':36} {t_grid:8.2f} {1 / t_grid:9.2f} {len(a):6d}")
+    grid_label = f"grid {points_per_side}x{points_per_side} ({points_per_side**2} point prompts)"
+    print(f"{grid_label:36} {t_grid:8.2f} {1 / t_grid:9.2f} {len(a):6d}")
     print(f"{'boxes (one prompt per box)':36} {t_box:8.2f} {1 / t_box:9.2f} {len(b):6d}")
     print(f"{'boxes / grid':36} {t_grid / t_box:7.1f}x")
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--sources-only", action="store_true", help="only grid against boxes")
+    ap.add_argument("--points-per-side", type=int, default=16, help="grid of the sources comparison")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = tiny_models(None)[0]
         print(f"CPU: {cpu_name()}, {torch.get_num_threads()} thread(s); torch {torch.__version__}")
         with torch.inference_mode():
-            compare_sources(
-                SamBackbone(ours, name="tiny", checkpoint_id="fixture"), data.coffee(), args.repeats
-            )
+            backbone = SamBackbone(ours, name="tiny", checkpoint_id="fixture")
+            compare_sources(backbone, data.coffee(), args.repeats, args.points_per_side)
         return 0
     install_torchvision_stand_in(_Patch())
     official = importlib.import_module("segment_anything")
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label:36} {t_ref:10.2f} {t_mix:22.2f} {t_ours:7.2f} {t_mix / t_ours:7.1f}x  "
                 f"{'yes' if same else 'NO'} ({len(mine)} masks)"
             )
-        compare_sources(backbone, image, args.repeats)
+        compare_sources(backbone, image, args.repeats, args.points_per_side)
     return 0
 
 
