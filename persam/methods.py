@@ -5,9 +5,7 @@ Kept free of heavy imports: the command line parses ``--method`` with it before 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
 #: Canonical method names: training-free PerSAM, PerSAM-F (two fitted mask weights) and
 #: "candidates" (segment everything, then keep the masks that show the concept).
@@ -41,20 +39,15 @@ class MethodSpec:
         fits_mask_weights: two weights blending the decoder's three masks are fitted on the
             reference and the cascade starts from the blend (PerSAM-F); otherwise the first
             decoder call gets the target-guided attention and target-semantic prompt (PerSAM).
-        implementation: ``"module:attribute"`` of the object that finishes learning and does the
-            segmenting for a method that is not a PerSAM cascade (None for the cascades). It has
-            ``learn(model, concept, images, masks, options) -> Concept`` and
-            ``segment(concept, image, *, max_instances, score_threshold, model=None) ->
-            SegmentationResult``.
-            It is named rather than imported because it lives in a layer above the one that
-            learns concepts (it needs the automatic mask generator).
+        cascade: the method segments with the PerSAM cascade; the others (``candidates``) have
+            their own code, found by :func:`persam.personalize.methods.method_implementation`.
     """
 
     name: str
     feature_reduce: str
     negative_point: bool
     fits_mask_weights: bool
-    implementation: str | None = None
+    cascade: bool = True
 
 
 _SPECS = {
@@ -72,7 +65,7 @@ _SPECS = {
         feature_reduce="mean",
         negative_point=True,
         fits_mask_weights=False,
-        implementation="persam.everything.method:CANDIDATES",
+        cascade=False,
     ),
 }
 
@@ -80,16 +73,3 @@ _SPECS = {
 def method_spec(method: str) -> MethodSpec:
     """The :class:`MethodSpec` of ``method`` (any spelling :func:`normalize_method` accepts)."""
     return _SPECS[normalize_method(method)]
-
-
-def method_implementation(method: str) -> Any:
-    """The implementation object named by ``method``'s :attr:`MethodSpec.implementation`.
-
-    Raises:
-        ValueError: a cascade method, which has none.
-    """
-    target = method_spec(method).implementation
-    if target is None:
-        raise ValueError(f"method {method!r} is a PerSAM cascade and has no separate implementation")
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)

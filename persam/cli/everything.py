@@ -57,8 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from persam.errors import InputError
-    from persam.everything.writer import EverythingWriter
     from persam.io import check_output_dir, list_images, load_reference
+    from persam.pipelines.everything import EverythingWriter
 
     try:
         if not args.targets:

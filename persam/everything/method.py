@@ -192,5 +192,5 @@ class CandidatesMethod:
         return matcher.find(image, max_instances=max_instances, refine=bool(_settings(concept).get("refine")))
 
 
-#: The object :data:`persam.methods.MethodSpec.implementation` names.
+#: What :func:`persam.personalize.implementations.method_implementation` returns for "candidates".
 CANDIDATES = CandidatesMethod()

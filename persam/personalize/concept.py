@@ -21,8 +21,9 @@ import torch
 from persam.backbones.base import Backbone
 from persam.errors import ConceptMismatchError, InputError, describe
 from persam.io import atomic_path
-from persam.methods import METHODS, method_implementation, method_spec
+from persam.methods import METHODS, method_spec
 from persam.personalize.finetune import FitResult
+from persam.personalize.implementations import method_implementation
 from persam.personalize.result import SegmentationResult
 from persam.personalize.segment import ImageLike, segment_concepts
 
@@ -133,7 +134,7 @@ class Concept:
         Method ``"candidates"`` returns up to ``max_instances`` generated masks, best first
         (``stages`` and ``similarity`` stay None).
         """
-        if method_spec(self.method).implementation is not None:
+        if not method_spec(self.method).cascade:
             return method_implementation(self.method).segment(
                 self, image, max_instances=max_instances, score_threshold=score_threshold
             )
@@ -234,7 +235,7 @@ class Concept:
                 raise ValueError(f"mask_weights holds {w.size} values, expected 3")
             weights = torch.from_numpy(w).reshape(3)
         references = None
-        if method_spec(method).implementation is not None:
+        if not method_spec(method).cascade:
             r = _float_array(data, "reference_feats")
             if r.ndim != 2 or r.shape[1] != dim or r.shape[0] < 1:
                 raise ValueError(f"reference_feats is {list(r.shape)}, expected [R, {dim}]")

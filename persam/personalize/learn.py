@@ -20,9 +20,10 @@ import torch
 from persam.backbones.base import Backbone
 from persam.errors import InputError, MaskTooSmallError
 from persam.io import as_image, as_mask
-from persam.methods import method_implementation, method_spec, normalize_method
+from persam.methods import method_spec, normalize_method
 from persam.personalize.concept import Concept
 from persam.personalize.finetune import ENGINES, fit_reference_weights
+from persam.personalize.implementations import method_implementation
 from persam.personalize.reference import reference_cells, resolve_coverage_threshold, target_embedding
 from persam.personalize.segment import ImageLike
 
@@ -114,7 +115,7 @@ def learn(
     """
     method = normalize_method(method)
     spec = method_spec(method)
-    if method_options and spec.implementation is None:
+    if method_options and spec.cascade:
         raise ValueError(f"method_options apply to methods with options of their own, not to {method!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -159,7 +160,7 @@ def learn(
         fit_options={"steps": steps, "lr": lr, "engine": engine, "progress": progress},
         aligned_attention=aligned_attention,
     )
-    if spec.implementation is None:
+    if spec.cascade:
         return concept
     implementation = method_implementation(method)
     return implementation.learn(

@@ -18,8 +18,9 @@ import torch
 
 from persam.backbones.base import Backbone
 from persam.io import as_image
-from persam.methods import CASCADE_METHODS, method_implementation, method_spec
+from persam.methods import CASCADE_METHODS, method_spec
 from persam.personalize.cascade import CascadeResult, cascaded_refinement, persam_f_cascade
+from persam.personalize.implementations import method_implementation
 from persam.personalize.prior import location_prior, similarity_maps, target_guided_attention, unit_embedding
 from persam.personalize.result import SegmentationResult, StageInfo
 

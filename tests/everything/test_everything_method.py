@@ -60,8 +60,8 @@ def learned(scene):
 
 def test_method_spelling_and_spec():
     assert normalize_method("Candidates") == "candidates"
-    assert method_spec("candidates").implementation is not None
-    assert method_spec("persam").implementation is None
+    assert not method_spec("candidates").cascade
+    assert method_spec("persam").cascade
 
 
 def test_learned_concept_holds_its_calibration(learned):
