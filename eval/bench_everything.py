@@ -10,6 +10,11 @@ only the generator differs; its records must equal ours exactly), and ours. The 
 random SAM of the golden fixtures (``$PERSAM_SHARED/fixtures/sam``), whose masks are noise spread
 over the whole image, so thresholds are lowered for masks to survive. The official package needs
 torchvision for NMS and resizing; the stand-in of ``tests/official_amg.py`` replaces it.
+
+Then the two mask sources side by side, in images/s (encoder pass included): the point grid (SAM's
+generator, ``--points-per-side`` points a side, multimask) and detector boxes (MobileSAMv2-style,
+one box one mask, one batched decoder call), the boxes being those of the grid's own masks, so
+that both find the same objects. ``--sources-only`` skips the comparison with the official package.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from official_amg import install_torchvision_stand_in  # noqa: E402
 
 from persam.backbones.sam import SamBackbone  # noqa: E402
-from persam.everything import generate_masks  # noqa: E402
+from persam.everything import BoxMaskGenerator, generate_masks  # noqa: E402
 from persam.models.sam import sam_from_config  # noqa: E402
 
 PIXEL = dict(pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
@@ -75,6 +80,8 @@ def tiny_models(official):
     state = torch.load(shared / "tiny_state_dict.pt", weights_only=True)
     ours = sam_from_config(cfg)
     ours.load_state_dict(state)
+    if official is None:
+        return ours.eval(), None, None
     m = official.modeling
     ref = m.Sam(
         image_encoder=m.ImageEncoderViT(
@@ -117,13 +124,49 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def compare_sources(backbone, image: np.ndarray, repeats: int, points_per_side: int = 16) -> None:
+    """Grid against boxes, images/s, median of ``repeats`` (each run encodes the image again)."""
+    # Every surviving mask kept (no NMS): the random model's masks overlap, and NMS would leave one.
+    options = dict(BASE, points_per_side=points_per_side, box_nms_thresh=1.0)
+    records = generate_masks(backbone, image, **options)
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (r.bbox for r in records)], np.float64)
+    scores = np.array([r.predicted_iou for r in records])
+    boxes_gen = BoxMaskGenerator(backbone, lambda im: (boxes, scores))
+
+    def grid():
+        backbone.reset_image()
+        return generate_masks(backbone, image, **options)
+
+    def from_boxes():
+        backbone.reset_image()
+        return boxes_gen.generate(image)
+
+    t_grid, a = median_time(grid, repeats)
+    t_box, b = median_time(from_boxes, repeats)
+    print(f"\nmask sources, {len(boxes)} objects, median of {repeats} (encoder pass included)")
+    print(f"{'source':36} {'s/image':>8} {'images/s':>9} {'masks':>6}")
+    grid_label = f"grid {points_per_side}x{points_per_side}, keep all ({points_per_side**2} points)"
+    print(f"{grid_label:36} {t_grid:8.2f} {1 / t_grid:9.2f} {len(a):6d}")
+    print(f"{'boxes (one prompt per box)':36} {t_box:8.2f} {1 / t_box:9.2f} {len(b):6d}")
+    print(f"{'boxes / grid':36} {t_grid / t_box:7.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sources-only", action="store_true", help="only grid against boxes")
+    ap.add_argument("--points-per-side", type=int, default=16, help="grid of the sources comparison")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sources_only:
+        ours = tiny_models(None)[0]
+        print(f"CPU: {cpu_name()}, {torch.get_num_threads()} thread(s); torch {torch.__version__}")
+        with torch.inference_mode():
+            backbone = SamBackbone(ours, name="tiny", checkpoint_id="fixture")
+            compare_sources(backbone, data.coffee(), args.repeats, args.points_per_side)
+        return 0
     install_torchvision_stand_in(_Patch())
     official = importlib.import_module("segment_anything")
     ours, ref, mixed = tiny_models(official)
@@ -151,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label:36} {t_ref:10.2f} {t_mix:22.2f} {t_ours:7.2f} {t_mix / t_ours:7.1f}x  "
                 f"{'yes' if same else 'NO'} ({len(mine)} masks)"
             )
+        compare_sources(backbone, image, args.repeats, args.points_per_side)
     return 0
 
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Canonical method names: training-free PerSAM and PerSAM-F (two fitted mask weights).
-METHODS = ("persam", "persam_f")
+#: Canonical method names: training-free PerSAM, PerSAM-F (two fitted mask weights) and
+#: "candidates" (segment everything, then keep the masks that show the concept).
+METHODS = ("persam", "persam_f", "candidates")
+#: The methods that segment with the PerSAM decoder cascade (on an image already encoded).
+CASCADE_METHODS = ("persam", "persam_f")
 
 
 def normalize_method(method: str) -> str:
-    """The canonical name of ``method``: ``"persam"`` or ``"persam_f"``, whatever the case and
-    with ``-`` or ``_`` (``"PerSAM-F"``, ``"persam-f"`` and ``"persam_f"`` are all ``"persam_f"``).
+    """The canonical name of ``method`` (one of :data:`METHODS`), whatever the case and with ``-``
+    or ``_`` (``"PerSAM-F"``, ``"persam-f"`` and ``"persam_f"`` are all ``"persam_f"``).
 
     Raises:
         ValueError: any other method.
@@ -36,12 +39,15 @@ class MethodSpec:
         fits_mask_weights: two weights blending the decoder's three masks are fitted on the
             reference and the cascade starts from the blend (PerSAM-F); otherwise the first
             decoder call gets the target-guided attention and target-semantic prompt (PerSAM).
+        cascade: the method segments with the PerSAM cascade; the others (``candidates``) have
+            their own code, found by :func:`persam.personalize.methods.method_implementation`.
     """
 
     name: str
     feature_reduce: str
     negative_point: bool
     fits_mask_weights: bool
+    cascade: bool = True
 
 
 _SPECS = {
@@ -51,6 +57,15 @@ _SPECS = {
         feature_reduce="mean_max",
         negative_point=False,
         fits_mask_weights=True,
+    ),
+    # The concept's mean feature and negative point serve the optional PerSAM refinement of the
+    # kept candidates.
+    "candidates": MethodSpec(
+        name="candidates",
+        feature_reduce="mean",
+        negative_point=True,
+        fits_mask_weights=False,
+        cascade=False,
     ),
 }
 

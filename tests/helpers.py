@@ -202,8 +202,9 @@ class ColourBackbone(Backbone):
 
     Features: per embedding cell, the pixel chroma (colour minus grey level) plus a constant
     channel, so grey cells are orthogonal to coloured ones. "Decoder": the connected region of
-    saturated pixels of the same dominant colour as the first positive point (nothing when that
-    pixel is grey), as ±8 logits; the three outputs are that mask, identical.
+    saturated pixels of the same dominant colour as the first positive point, or the centre of the
+    box prompt (nothing when that pixel is grey), as ±8 logits; the three outputs are that mask,
+    identical.
     """
 
     name = "colour"
@@ -244,16 +245,20 @@ class ColourBackbone(Backbone):
 
     def decode(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
                attn_sim=None, target_embedding=None) -> DecoderOutput:  # fmt: skip
-        b = point_coords.shape[0]
+        b = (point_coords if point_coords is not None else boxes).shape[0]
         self.decoder_batches.append(b)
         c = 3 if multimask_output else 1
         low = torch.zeros(b, c, 256, 256)
         for i in range(b):
-            pos = [
-                p
-                for p, lab in zip(point_coords[i].tolist(), point_labels[i].tolist(), strict=True)
-                if lab == 1
-            ]
+            if point_coords is None:  # a box prompt: the region under its centre
+                x0, y0, x1, y1 = boxes[i].tolist()
+                pos = [((x0 + x1) / 2, (y0 + y1) / 2)]
+            else:
+                pos = [
+                    p
+                    for p, lab in zip(point_coords[i].tolist(), point_labels[i].tolist(), strict=True)
+                    if lab == 1
+                ]
             mask = self._region(int(pos[0][0]), int(pos[0][1])).astype(np.float32) * 16.0 - 8.0
             low[i, :] = torch.from_numpy(cv2.resize(mask, (256, 256), interpolation=cv2.INTER_LINEAR))
         iou = torch.tensor([[0.9, 0.8, 0.7][:c]] * b)

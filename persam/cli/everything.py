@@ -4,6 +4,7 @@ or, with a reference, only the masks that show your object.
     persam everything photos/ -o out/ --model sam_vit_b
     persam everything photos/*.jpg -o out/ --points-per-side 16 --crop-n-layers 1
     persam everything photos/ -o out/ --ref dog.jpg --ref-mask dog.png --max-instances 3
+    persam everything photos/ -o out/ --source boxes --boxes boxes.json --model mobile_sam_vit_t
 
 Outputs: ``OUT/masks/NAME/K.png`` (one 0/255 PNG per mask, best first), ``OUT/overlays/NAME.jpg``
 (every mask in its own colour), ``OUT/records/NAME.json`` (the generator's records with COCO RLE)
@@ -17,47 +18,33 @@ import argparse
 import sys
 from pathlib import Path
 
-from persam.cli.options import EXIT_PARTIAL, CommandError, add_model_arguments, fail, load_model, one_line
+from persam.cli.candidates import (
+    add_source_arguments,
+    apply_decoder_checkpoint,
+    box_detector,
+    box_generator_options,
+    check_source_arguments,
+    generator_options,
+)
+from persam.cli.options import EXIT_PARTIAL, CommandError, add_model_arguments, fail, load_model
 
 _PROG = "persam everything"
-#: Prompt sources by name: ``None`` is the generator's own point grids. Other sources (e.g. object
-#: proposals from a detector) register a factory ``model -> PromptSource`` here.
-SOURCES: dict[str, object] = {"grid": None}
-
-# (flag, type, default, help) of the generator options; dest is the option's name.
-_GENERATOR_FLAGS = (
-    ("--points-per-side", int, 32, "grid points per image side (default 32)"),
-    ("--points-per-batch", int, 64, "point prompts decoded at once (default 64)"),
-    ("--pred-iou-thresh", float, 0.88, "minimum predicted IoU of a mask (default 0.88)"),
-    ("--stability-score-thresh", float, 0.95, "minimum stability score (default 0.95)"),
-    ("--stability-score-offset", float, 1.0, "logit offset of the stability score (default 1.0)"),
-    ("--box-nms-thresh", float, 0.7, "box IoU above which a mask duplicates a better one (default 0.7)"),
-    ("--crop-n-layers", int, 0, "extra layers of image crops, 2**i x 2**i crops in layer i (default 0)"),
-    ("--crop-nms-thresh", float, 0.7, "box IoU for duplicates across crops (default 0.7)"),
-    ("--crop-overlap-ratio", float, 512 / 1500, "overlap of neighbouring crops (default 0.341)"),
-    ("--crop-n-points-downscale-factor", int, 1, "points per side divided by this per layer (default 1)"),
-    ("--min-mask-region-area", int, 0, "remove holes and islands smaller than this, in pixels (default 0)"),
-)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "everything",
         help="segment everything in a set of images (optionally: only your object)",
-        description="Generate every mask SAM finds in each image from a grid of point prompts. With "
-        "--ref and --ref-mask, keep only the masks that show the reference object.",
+        description="Generate every mask SAM finds in each image from a grid of point prompts, or one "
+        "mask per detector box (--source boxes). With --ref and --ref-mask, keep only the masks that "
+        "show the reference object.",
         epilog="Outputs: OUT/masks/NAME/K.png (0/255, best first), OUT/overlays/NAME.jpg, "
         "OUT/records/NAME.json, OUT/coco.json. Exit status 0 done, 1 some images failed, 2 nothing "
         "done (bad argument, reference, model or output folder).",
     )
     parser.add_argument("targets", nargs="*", metavar="IMAGE", help="image files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
-    parser.add_argument(
-        "--source", choices=sorted(SOURCES), default="grid", help="where to prompt (default grid)"
-    )
-    g = parser.add_argument_group("mask generator")
-    for flag, kind, default, text in _GENERATOR_FLAGS:
-        g.add_argument(flag, type=kind, default=default, metavar="N" if kind is int else "X", help=text)
+    add_source_arguments(parser, title="mask generator")
     r = parser.add_argument_group("find mine (optional)")
     r.add_argument("--ref", action="append", default=[], metavar="IMAGE", help="reference image (repeatable)")
     r.add_argument("--ref-mask", action="append", default=[], metavar="MASK", help="its object mask")
@@ -68,27 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def generator_options(args: argparse.Namespace) -> dict:
-    """The :class:`~persam.everything.amg.GeneratorOptions` fields given on the command line."""
-    return {
-        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, *_ in _GENERATOR_FLAGS
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     from persam.errors import InputError
-    from persam.everything.amg import GeneratorOptions
-    from persam.everything.writer import EverythingWriter
     from persam.io import check_output_dir, list_images, load_reference
+    from persam.pipelines.everything import EverythingWriter
 
     try:
         if not args.targets:
             raise CommandError("no IMAGE given (image files, folders or glob patterns)")
+        check_source_arguments(args)
         options = generator_options(args)
-        try:
-            GeneratorOptions(**options)
-        except InputError as e:
-            raise CommandError(f"--{one_line(e).replace('_', '-')}") from None
         if len(args.ref) != len(args.ref_mask):
             raise CommandError(
                 f"--ref-mask: got {len(args.ref_mask)} mask(s) for {len(args.ref)} --ref image(s)"
@@ -100,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"{', '.join(map(str, args.targets))}: no images found")
         check_output_dir(args.output)
         refs = [load_reference(im, m) for im, m in zip(args.ref, args.ref_mask, strict=True)]
+        detector = box_detector(args, [*images, *map(Path, args.ref)])
         model = load_model(args, _PROG)
-        segment = _segmenter(model, refs, options, args)
+        apply_decoder_checkpoint(model, args)
+        segment = _segmenter(model, refs, options, args, detector)
         writer = EverythingWriter(args.output, images)
         summary = writer.run(
             segment, progress=not args.quiet, log=lambda m: print(f"{_PROG}: {m}", file=sys.stderr)
@@ -112,16 +90,20 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if writer.failed else 0
 
 
-def _segmenter(model, refs, options: dict, args: argparse.Namespace):
+def _segmenter(model, refs, options: dict, args: argparse.Namespace, detector):
     """``image -> (masks, scores, records)``: every generated mask, or the reference's matches."""
     from persam.everything.amg import MaskGenerator
+    from persam.everything.boxes import BoxMaskGenerator
     from persam.everything.candidates import calibrate
     from persam.personalize import learn
 
-    factory = SOURCES[args.source]
-    source = factory(model) if callable(factory) else None
+    def make(output_mode: str):
+        if detector is not None:
+            return BoxMaskGenerator(model, detector, output_mode=output_mode, **box_generator_options(args))
+        return MaskGenerator(model, output_mode=output_mode, **options)
+
     if not refs:
-        generator = MaskGenerator(model, source=source, output_mode="coco_rle", **options)
+        generator = make("coco_rle")
 
         def everything(image):
             records = generator.generate(image)
@@ -134,7 +116,7 @@ def _segmenter(model, refs, options: dict, args: argparse.Namespace):
         return everything
     images, masks = [im for im, _ in refs], [m for _, m in refs]
     concept = learn(model, images if len(images) > 1 else images[0], masks if len(masks) > 1 else masks[0])
-    matcher = calibrate(concept, images, masks, threshold=args.threshold, source=source, **options)
+    matcher = calibrate(concept, images, masks, threshold=args.threshold, generator=make("binary_mask"))
 
     def mine(image):
         result = matcher.find(image, max_instances=args.max_instances)

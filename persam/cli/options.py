@@ -238,12 +238,20 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def normalize_method(method: str) -> str:
-    """``--method`` type: ``persam-f`` / ``persam_f`` / ``PerSAM-F`` -> ``persam_f``
-    (:func:`persam.methods.normalize_method`)."""
+    """``--method`` type of the PerSAM cascades: ``persam-f`` / ``persam_f`` / ``PerSAM-F`` ->
+    ``persam_f`` (:func:`persam.methods.normalize_method`)."""
+    canonical = str(method).strip().lower().replace("-", "_")
+    if canonical not in methods.CASCADE_METHODS:
+        raise argparse.ArgumentTypeError(f"{method!r}: expected persam or persam-f")
+    return canonical
+
+
+def normalize_any_method(method: str) -> str:
+    """``--method`` type of learning and segmenting images: a cascade or ``candidates``."""
     try:
         return methods.normalize_method(method)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{method!r}: expected persam or persam-f") from None
+        raise argparse.ArgumentTypeError(f"{method!r}: expected persam, persam-f or candidates") from None
 
 
 def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -269,11 +277,11 @@ def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--method",
-        type=normalize_method,
+        type=normalize_any_method,
         default="persam",
-        metavar="persam|persam-f",
-        help="PerSAM (training-free) or PerSAM-F (first fits 2 mask weights on the reference); "
-        "default persam",
+        metavar="persam|persam-f|candidates",
+        help="PerSAM (training-free), PerSAM-F (first fits 2 mask weights on the reference) or "
+        "candidates (segments everything, keeps the masks like the reference); default persam",
     )
 
 
@@ -352,9 +360,15 @@ def read_references(args: argparse.Namespace) -> References:
 
 
 def learn_concept(
-    model: Backbone, refs: References, method: str, name: str | None = None, progress: bool = False
+    model: Backbone,
+    refs: References,
+    method: str,
+    name: str | None = None,
+    progress: bool = False,
+    method_options: dict | None = None,
 ):
-    """Learns a :class:`~persam.personalize.Concept` (a mask is first made from prompts, if given)."""
+    """Learns a :class:`~persam.personalize.Concept` (a mask is first made from prompts, if given;
+    ``method_options`` go to :func:`persam.learn`)."""
     from persam.personalize import learn, mask_from_prompts
 
     try:
@@ -368,9 +382,9 @@ def learn_concept(
                     f"{refs.source}: the reference points/box gave an empty mask; add or move clicks"
                 )
             masks = [mask]
-        if len(refs.images) == 1:
-            return learn(model, refs.images[0], masks[0], method=method, name=name, progress=progress)
-        return learn(model, refs.images, masks, method=method, name=name, progress=progress)
+        ref, ref_mask = (refs.images, masks) if len(refs.images) > 1 else (refs.images[0], masks[0])
+        options = {"name": name, "progress": progress, "method_options": method_options}
+        return learn(model, ref, ref_mask, method=method, **options)
     except InputError as e:
         message = one_line(e)
         # The API names arrays "ref_mask" / "ref_image"; here they have file names.

@@ -3,6 +3,7 @@
     persam segment --ref dog.jpg --ref-mask dog.png photos/ -o out/
     persam segment --ref dog.jpg --ref-points 310,220 photos/*.jpg -o out/ --method persam-f
     persam segment --concept my_dog.persam photos/ -o out/ --save mask,coco
+    persam segment --ref dog.jpg --ref-mask dog.png photos/ -o out/ --method candidates --max-instances 3
 
 Exit status: 0 all images segmented (or skipped because their outputs exist), 1 some images
 failed (the others are written), 2 nothing done (bad arguments, reference, model or output folder).
@@ -11,9 +12,17 @@ failed (the others are written), 2 nothing done (bad arguments, reference, model
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
+from persam.cli.candidates import (
+    add_source_arguments,
+    apply_decoder_checkpoint,
+    check_source_arguments,
+    given_source_flags,
+    method_options,
+)
 from persam.cli.engine import add_engine_arguments, check_engine, list_targets, ray_segmenter
 from persam.cli.options import (
     EXIT_ERROR,
@@ -81,6 +90,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     add_image_limit_argument(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_source_arguments(
+        parser, title="method candidates (where the candidate masks come from)", defaults=False
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="X",
+        help="method candidates: minimum similarity of a kept mask, instead of the one calibrated on "
+        "the reference",
+    )
+    parser.add_argument(
+        "--no-refine", action="store_true", help="method candidates: keep the masks unrefined by PerSAM"
+    )
     add_model_arguments(parser)
     add_engine_arguments(parser, what="images")
     parser.set_defaults(func=run)
@@ -129,6 +151,45 @@ def model_of_concept(args: argparse.Namespace, concept) -> None:
         args.checkpoint = "none"
 
 
+def _check_candidate_flags(args: argparse.Namespace) -> None:
+    """The options of method candidates are given with it only (with --concept, only the boxes)."""
+    given = given_source_flags(args) + [
+        flag
+        for flag, on in (("--threshold", args.threshold is not None), ("--no-refine", args.no_refine))
+        if on
+    ]
+    if args.concept is not None:
+        fixed = [f for f in given if f not in ("--boxes", "--source", "--threshold")]
+        if fixed:
+            raise CommandError(f"{fixed[0]}: the concept file fixes how candidates are found; drop it")
+    elif given and args.method != "candidates":
+        raise CommandError(f"{given[0]} applies to --method candidates")
+    if args.concept is not None and args.boxes is not None:
+        args.source = "boxes"
+    check_source_arguments(args)
+
+
+def _with_detector(concept, args: argparse.Namespace, images: list[Path]):
+    """A loaded concept with the box detector it needs (``--boxes``), or as it is."""
+    from persam.cli.candidates import box_detector
+    from persam.everything.method import use_detector
+
+    settings = concept.options.get("candidates") if concept.method == "candidates" else None
+    needs_boxes = isinstance(settings, dict) and settings.get("source") == "boxes"
+    if needs_boxes and args.boxes is None:
+        raise CommandError(
+            f"{args.concept}: finds its candidates among detector boxes; give --boxes FILE.json"
+        )
+    if args.boxes is not None and not needs_boxes:
+        raise CommandError(f"--boxes: {args.concept} does not take its candidates from detector boxes")
+    if args.threshold is not None and concept.method != "candidates":
+        raise CommandError(f"--threshold: {args.concept} was not learned with method candidates")
+    if args.threshold is not None:
+        settings = {**settings, "threshold": args.threshold}
+        concept = dataclasses.replace(concept, options={**concept.options, "candidates": settings})
+    return use_detector(concept, box_detector(args, images)) if needs_boxes else concept
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -157,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 "give a reference (--ref with --ref-mask, --ref-points or --ref-box) or --concept"
             )
+        _check_candidate_flags(args)
         # Check everything cheap before loading the model.
         apply_image_limit(args)
         save = parse_save(args.save)
@@ -188,10 +250,16 @@ def run(args: argparse.Namespace) -> int:
             model_of_concept(args, saved)
 
         model = load_model(args, _PROG)
+        apply_decoder_checkpoint(model, args)
         if saved is not None:
-            concept = load_concept(args.concept, model)
+            concept = _with_detector(load_concept(args.concept, model), args, images)
         else:
-            concept = learn_concept(model, refs, args.method, name=concept_name, progress=not args.quiet)
+            options = (
+                method_options(args, [*images, *map(Path, args.ref)]) if args.method == "candidates" else None
+            )
+            concept = learn_concept(
+                model, refs, args.method, name=concept_name, progress=not args.quiet, method_options=options
+            )
         segment = segment_image_set if args.engine == "local" else ray_segmenter(args)
         summary = segment(
             concept,

@@ -3,7 +3,10 @@
 :func:`generate_masks` runs SAM's automatic mask generation on any backbone (SAM, MobileSAM,
 EfficientSAM): point grids over the image and its crops, batched decoding, quality filtering and
 duplicate suppression, giving :class:`MaskRecord` s. :func:`find_candidates` then picks, among
-those masks, the ones showing a learned :class:`~persam.personalize.Concept`.
+those masks, the ones showing a learned :class:`~persam.personalize.Concept`; as a method,
+``persam.learn(..., method="candidates")`` (:mod:`.method`). :class:`BoxMaskGenerator` makes one
+mask per box of an object detector instead (MobileSAMv2's object-aware prompts), and
+:func:`load_decoder_checkpoint` loads MobileSAMv2's prompt-guided decoder.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ _EXPORTS = {
     "CandidateResult": "persam.everything.candidates",
     "find_candidates": "persam.everything.candidates",
     "calibrate": "persam.everything.candidates",
+    "BoxDetector": "persam.everything.boxes",
+    "BoxFile": "persam.everything.boxes",
+    "BoxMaskGenerator": "persam.everything.boxes",
+    "generate_box_masks": "persam.everything.boxes",
+    "load_decoder_checkpoint": "persam.everything.decoder_file",
+    "candidate_options": "persam.everything.method",
+    "use_detector": "persam.everything.method",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,7 +9,11 @@ image(s) themselves: halfway between the score of the candidate that is the refe
 the best score among the other candidates there, so that it separates the object from what
 surrounds it with this backbone. Kept candidates that duplicate one another are merged, and up to
 ``max_instances`` are returned as a :class:`~persam.personalize.SegmentationResult` (``score`` is
-the similarity), optionally refined with the PerSAM cascade.
+the similarity), optionally refined with the PerSAM cascade where that helps.
+
+The candidates come from any *mask generator* (an object with ``generate(image) ->
+list[MaskRecord]``): SAM's automatic mask generator (:class:`~persam.everything.amg.MaskGenerator`,
+the default) or one mask per detector box (:class:`~persam.everything.boxes.BoxMaskGenerator`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from persam.backbones.base import Backbone
 from persam.errors import InputError
 from persam.everything.amg import MaskGenerator
 from persam.everything.grid import PromptSource
+from persam.everything.records import MaskRecord
 from persam.io import as_image, as_mask
 from persam.personalize import Concept, SegmentationResult
 from persam.personalize.cascade import cascaded_refinement
@@ -48,6 +53,12 @@ DUPLICATE_OVERLAP = 0.5
 MERGE_IOU = 0.5
 #: ``final_stage`` of a result whose masks come straight from the mask generator.
 STAGE = "everything"
+
+
+class CandidateGenerator(Protocol):
+    """Where candidate masks come from: every mask of an image, as records."""
+
+    def generate(self, image: np.ndarray) -> list[MaskRecord]: ...
 
 
 def _model_of(concept: Concept) -> Backbone:
@@ -97,6 +108,8 @@ class CandidateMatcher:
             generate the candidates.
         source: prompt source of the generator (None: its point grids).
         calibration: how the threshold was found (JSON-ready).
+        generator: the mask generator; None: SAM's automatic mask generator with
+            ``generator_options`` and ``source``.
     """
 
     concept: Concept
@@ -105,6 +118,7 @@ class CandidateMatcher:
     generator_options: dict[str, Any] = field(default_factory=dict)
     source: PromptSource | None = None
     calibration: dict[str, float] = field(default_factory=dict)
+    generator: CandidateGenerator | None = None
 
     @property
     def model(self) -> Backbone:
@@ -112,7 +126,10 @@ class CandidateMatcher:
 
     def candidates(self, image: np.ndarray) -> list[np.ndarray]:
         """The generated masks of ``image`` (bool ``[H, W]`` each), the full image left set."""
-        records = MaskGenerator(self.model, source=self.source, **self.generator_options).generate(image)
+        generator = self.generator
+        if generator is None:
+            generator = MaskGenerator(self.model, source=self.source, **self.generator_options)
+        records = generator.generate(image)
         self.model.set_image(image)
         return [r.mask for r in records]
 
@@ -144,8 +161,10 @@ class CandidateMatcher:
 
     def _refined(self, instances: list[tuple[np.ndarray, float]]) -> list[tuple[np.ndarray, float]]:
         """Each instance re-segmented by the PerSAM cascade, prompted with its most similar pixel
-        (positive) and the least similar pixel of the image (negative); an instance whose cascade
-        finds nothing keeps its mask."""
+        (positive) and the least similar pixel of the image (negative). The refined mask replaces
+        the candidate where that helps: the cascade found a mask, it overlaps the candidate (IoU at
+        least :data:`MERGE_IOU`, so it is the same object) and its similarity to the concept is at
+        least the candidate's."""
         model = self.model
         concept = self.concept
         _, sims = similarity_maps(model, concept.target_feat.reshape(1, -1).to(model.device))
@@ -165,10 +184,16 @@ class CandidateMatcher:
             target_guided_attention(sim),
             concept.target_embedding.reshape(1, 1, -1).to(model.device),
         )
-        return [
-            (cascade.masks[b].cpu().numpy() if bool(cascade.found[b]) else mask, score)
-            for b, (mask, score) in enumerate(instances)
-        ]
+        refined = [cascade.masks[b].cpu().numpy() for b in range(len(instances))]
+        scores = self.scores(refined).cpu().tolist()
+        out = []
+        for b, (mask, score) in enumerate(instances):
+            same = mask_ious([refined[b]], mask)[0][0] >= MERGE_IOU
+            if bool(cascade.found[b]) and same and scores[b] >= score:
+                out.append((refined[b], float(scores[b])))
+            else:
+                out.append((mask, score))
+        return out
 
 
 def _merge_duplicates(masks: list[np.ndarray], scores: list[float]) -> list[tuple[np.ndarray, float]]:
@@ -246,6 +271,7 @@ def calibrate(
     *,
     threshold: float | None = None,
     source: PromptSource | None = None,
+    generator: CandidateGenerator | None = None,
     **generator_options: Any,
 ) -> CandidateMatcher:
     """A :class:`CandidateMatcher` for ``concept``, its threshold calibrated on the reference(s).
@@ -257,6 +283,8 @@ def calibrate(
         threshold: imposes the threshold instead of calibrating it (the reference features are
             still pooled).
         source: prompt source of the mask generator (default: its point grids).
+        generator: the candidates' mask generator instead (e.g. a
+            :class:`~persam.everything.boxes.BoxMaskGenerator`).
         **generator_options: :class:`~persam.everything.amg.GeneratorOptions` fields.
     """
     images = list(ref_image) if isinstance(ref_image, (list, tuple)) else [ref_image]
@@ -271,7 +299,9 @@ def calibrate(
             raise InputError(f"reference mask is {m.shape} but its image is {img.shape[:2]} (H x W)")
         model.set_image(img)
         feats.append(torch.nan_to_num(mask_pooled_features(model, [m]), nan=0.0))
-    matcher = CandidateMatcher(concept, torch.cat(feats), 0.0, dict(generator_options), source)
+    matcher = CandidateMatcher(
+        concept, torch.cat(feats), 0.0, dict(generator_options), source, generator=generator
+    )
     if threshold is not None:
         matcher.threshold = float(threshold)
         return matcher
@@ -305,6 +335,7 @@ def find_candidates(
     max_instances: int = 5,
     refine: bool = False,
     source: PromptSource | None = None,
+    generator: CandidateGenerator | None = None,
     **generator_options: Any,
 ) -> SegmentationResult:
     """The instances of ``concept`` among the generated masks of ``image``.
@@ -319,9 +350,17 @@ def find_candidates(
     if ref_image is None:
         model = _model_of(concept)
         feats = F.normalize(concept.target_feat.reshape(1, -1).float(), dim=1).to(model.device)
-        matcher = CandidateMatcher(concept, feats, float(threshold), dict(generator_options), source)
+        matcher = CandidateMatcher(
+            concept, feats, float(threshold), dict(generator_options), source, generator=generator
+        )
     else:
         matcher = calibrate(
-            concept, ref_image, ref_mask, threshold=threshold, source=source, **generator_options
+            concept,
+            ref_image,
+            ref_mask,
+            threshold=threshold,
+            source=source,
+            generator=generator,
+            **generator_options,
         )
     return matcher.find(image, max_instances=max_instances, refine=refine)

@@ -29,6 +29,8 @@ class MaskRecord:
         stability_score: IoU of the mask cut at ``+offset`` and at ``-offset`` around the
             threshold.
         crop_box: ``[x, y, w, h]`` of the image crop the mask was generated in.
+        box_prompt: ``[x0, y0, x1, y1]``, the box prompt that produced the mask (box prompts,
+            :mod:`persam.everything.boxes`; ``point_coords`` is then empty), else None.
     """
 
     segmentation: np.ndarray | dict
@@ -38,6 +40,7 @@ class MaskRecord:
     point_coords: list[list[float]]
     stability_score: float
     crop_box: list[int]
+    box_prompt: list[float] | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -47,8 +50,12 @@ class MaskRecord:
         return decode_segmentation(self.segmentation)
 
     def as_dict(self) -> dict[str, Any]:
-        """The record as the dict SAM's automatic mask generator returns."""
-        return asdict(self)
+        """The record as the dict SAM's automatic mask generator returns (with ``box_prompt``
+        for a mask from a box prompt)."""
+        record = asdict(self)
+        if record["box_prompt"] is None:
+            del record["box_prompt"]
+        return record
 
 
 def decode_segmentation(rle: dict) -> np.ndarray:

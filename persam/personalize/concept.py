@@ -21,8 +21,9 @@ import torch
 from persam.backbones.base import Backbone
 from persam.errors import ConceptMismatchError, InputError, describe
 from persam.io import atomic_path
-from persam.methods import METHODS
+from persam.methods import METHODS, method_spec
 from persam.personalize.finetune import FitResult
+from persam.personalize.implementations import method_implementation
 from persam.personalize.result import SegmentationResult
 from persam.personalize.segment import ImageLike, segment_concepts
 
@@ -41,7 +42,7 @@ class Concept:
     """A personalised concept: what PerSAM / PerSAM-F learned from the reference example(s).
 
     Attributes:
-        method: ``"persam"`` or ``"persam_f"``.
+        method: ``"persam"``, ``"persam_f"`` or ``"candidates"``.
         target_feat: float32 ``[1, C]`` normalised object feature (PerSAM: mean of the reference
             cells; PerSAM-F: ``(max + mean) / 2``).
         target_embedding: float32 ``[1, 1, C]`` raw mean feature (PerSAM's target-semantic prompt).
@@ -49,8 +50,12 @@ class Concept:
         backbone_name, checkpoint_id: the model it was learned with.
         options: learning options and statistics (JSON-serialisable).
         name: optional label.
+        reference_feats: float32 ``[R, C]`` normalised mask-pooled feature of each reference
+            (method ``"candidates"``), else None.
         model: the backbone used by :meth:`segment` (not saved).
         fit: the PerSAM-F optimisation history (not saved).
+        runtime: objects a method needs at run time that a file cannot hold (not saved; e.g. the
+            box detector of the ``"candidates"`` method, see :mod:`persam.everything.method`).
     """
 
     method: str
@@ -61,8 +66,10 @@ class Concept:
     checkpoint_id: str
     options: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    reference_feats: torch.Tensor | None = None
     model: Backbone | None = field(default=None, repr=False)
     fit: FitResult | None = field(default=None, repr=False)
+    runtime: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         weights = "" if self.mask_weights is None else f", mask_weights={self.mask_weights.tolist()}"
@@ -119,10 +126,18 @@ class Concept:
                 empty mask, a score below ``score_threshold``, or a mask that mostly overlaps
                 the instances already found.
             score_threshold: minimum predicted IoU for a mask to count as found; None accepts every
-                non-empty mask (as the reference implementation does).
+                non-empty mask (as the reference implementation does). Method ``"candidates"``:
+                the minimum similarity, instead of the one calibrated on the reference.
             return_stages: fill :attr:`SegmentationResult.stages`.
             return_similarity: fill :attr:`SegmentationResult.similarity`.
+
+        Method ``"candidates"`` returns up to ``max_instances`` generated masks, best first
+        (``stages`` and ``similarity`` stay None).
         """
+        if not method_spec(self.method).cascade:
+            return method_implementation(self.method).segment(
+                self, image, max_instances=max_instances, score_threshold=score_threshold
+            )
         return segment_concepts(
             self._require_model(),
             image,
@@ -157,6 +172,9 @@ class Concept:
         }
         if self.mask_weights is not None:
             arrays["mask_weights"] = self.mask_weights.detach().cpu().float().numpy().reshape(3)
+        if self.reference_feats is not None:
+            feats = self.reference_feats.detach().cpu().float().numpy()
+            arrays["reference_feats"] = feats.reshape(-1, self.target_feat.shape[-1])
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         with atomic_path(path) as tmp:
@@ -216,6 +234,12 @@ class Concept:
             if w.size != 3:
                 raise ValueError(f"mask_weights holds {w.size} values, expected 3")
             weights = torch.from_numpy(w).reshape(3)
+        references = None
+        if not method_spec(method).cascade:
+            r = _float_array(data, "reference_feats")
+            if r.ndim != 2 or r.shape[1] != dim or r.shape[0] < 1:
+                raise ValueError(f"reference_feats is {list(r.shape)}, expected [R, {dim}]")
+            references = torch.from_numpy(r)
         return cls(
             method=method,
             target_feat=torch.from_numpy(feat).reshape(1, -1),
@@ -225,6 +249,7 @@ class Concept:
             checkpoint_id=meta["checkpoint_id"],
             options=dict(options),
             name=name,
+            reference_feats=references,
         )
 
 

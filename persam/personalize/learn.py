@@ -11,7 +11,7 @@ frame this way, with one encoder pass for all). Both end in the same steps: the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from persam.io import as_image, as_mask
 from persam.methods import method_spec, normalize_method
 from persam.personalize.concept import Concept
 from persam.personalize.finetune import ENGINES, fit_reference_weights
+from persam.personalize.implementations import method_implementation
 from persam.personalize.reference import reference_cells, resolve_coverage_threshold, target_embedding
 from persam.personalize.segment import ImageLike
 
@@ -72,6 +73,7 @@ def learn(
     engine: str = "fast",
     aligned_attention: bool = False,
     progress: bool = False,
+    method_options: Mapping[str, Any] | None = None,
 ) -> Concept:
     """Learns a concept from one (or several) reference image(s) and mask(s).
 
@@ -80,8 +82,10 @@ def learn(
         ref_image: path or ``uint8 [H, W, 3]`` RGB array, or a list of them (few-shot).
         ref_mask: path or array (bool, 0/1, 0/255, label or RGB; non-zero = object), or a list
             matching ``ref_image``.
-        method: ``"persam"`` (training-free) or ``"persam_f"`` (fits 2 mask weights, ~1000 steps);
-            any case, with ``-`` or ``_`` (``"PerSAM-F"``, ``"persam-f"``).
+        method: ``"persam"`` (training-free), ``"persam_f"`` (fits 2 mask weights, ~1000 steps)
+            or ``"candidates"`` (segments everything, then keeps the masks that show the object,
+            see :mod:`persam.everything.method`); any case, with ``-`` or ``_`` (``"PerSAM-F"``,
+            ``"persam-f"``).
         name: optional label stored with the concept.
         mask_value, coverage_threshold: which embedding cells count as the object, see
             :func:`persam.personalize.reference.reference_grid_mask` (defaults reproduce the
@@ -98,6 +102,8 @@ def learn(
             (:func:`persam.personalize.prior.target_guided_attention`). Off by default, as in the
             reference implementation (which stretches it over the padded frame).
         progress: show a progress bar during the PerSAM-F fit.
+        method_options: options of a method with its own implementation (``"candidates"``: see
+            :func:`persam.everything.method.candidate_options`); None for the PerSAM cascades.
 
     Few-shot: the features of all references are pooled before reducing; PerSAM-F fits one set of
     weights to the mean of the per-reference losses. One reference gives exactly the one-shot
@@ -108,6 +114,9 @@ def learn(
             cover any embedding cell (:class:`MaskTooSmallError`).
     """
     method = normalize_method(method)
+    spec = method_spec(method)
+    if method_options and spec.cascade:
+        raise ValueError(f"method_options apply to methods with options of their own, not to {method!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     images, masks = _as_list(ref_image), _as_list(ref_mask)
@@ -117,7 +126,7 @@ def learn(
         raise InputError("no reference image given")
     if engine == "naive" and len(images) != 1:
         raise ValueError("engine='naive' supports a single reference")
-    if method_spec(method).fits_mask_weights and steps < 1:
+    if spec.fits_mask_weights and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     threshold = resolve_coverage_threshold(mask_value, coverage_threshold)
     few = len(images) > 1
@@ -138,7 +147,7 @@ def learn(
                 f"{_label(masks[i], 'ref_mask' + (f'[{i}]' if few else ''))}: {e}"
             ) from None
         feats.append(model.features.clone())
-    return _concept_from_cells(
+    concept = _concept_from_cells(
         model,
         method,
         feats,
@@ -150,6 +159,12 @@ def learn(
         feature_reduce=feature_reduce,
         fit_options={"steps": steps, "lr": lr, "engine": engine, "progress": progress},
         aligned_attention=aligned_attention,
+    )
+    if spec.cascade:
+        return concept
+    implementation = method_implementation(method)
+    return implementation.learn(
+        model, concept, [img for img, _ in refs], [m for _, m in refs], method_options
     )
 
 

@@ -18,8 +18,9 @@ import torch
 
 from persam.backbones.base import Backbone
 from persam.io import as_image
-from persam.methods import METHODS, method_spec
+from persam.methods import CASCADE_METHODS, method_spec
 from persam.personalize.cascade import CascadeResult, cascaded_refinement, persam_f_cascade
+from persam.personalize.implementations import method_implementation
 from persam.personalize.prior import location_prior, similarity_maps, target_guided_attention, unit_embedding
 from persam.personalize.result import SegmentationResult, StageInfo
 
@@ -109,11 +110,14 @@ def segment_current_image(
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
     if not concepts:
         return []
+    other = next((c.method for c in concepts if c.method not in CASCADE_METHODS), None)
+    if other is not None:
+        raise ValueError(f"method {other!r} segments from the image itself: use segment_concepts()")
     searches = _start_searches(model, concepts, keep_original=max_instances > 1)
     primaries: list[SegmentationResult | None] = [None] * len(searches)
     for round_idx in range(max_instances):
         more_rounds = round_idx + 1 < max_instances
-        for method in METHODS:
+        for method in CASCADE_METHODS:
             group = [i for i, s in enumerate(searches) if not s.done and s.concept.method == method]
             if not group:
                 continue
@@ -191,15 +195,30 @@ def segment_concepts(
     return_similarity: bool = False,
 ) -> list[SegmentationResult]:
     """Segments several concepts in one image: one encoder pass and, per stage, one batched decoder
-    call per method. Returns one result per concept, in order."""
+    call per method. Returns one result per concept, in order (a concept of a method with its own
+    implementation, such as ``"candidates"``, is segmented by it)."""
     for c in concepts:
         c.check_compatible(model)
-    model.set_image(as_image(image, "image"))
-    return segment_current_image(
+    img = as_image(image, "image")
+    cascade = [c for c in concepts if c.method in CASCADE_METHODS]
+    if cascade:
+        model.set_image(img)
+    found = segment_current_image(
         model,
-        concepts,
+        cascade,
         max_instances=max_instances,
         score_threshold=score_threshold,
         return_stages=return_stages,
         return_similarity=return_similarity,
     )
+    if len(cascade) == len(concepts):
+        return found
+    results = iter(found)
+    return [
+        next(results)
+        if c.method in CASCADE_METHODS
+        else method_implementation(c.method).segment(
+            c, img, max_instances=max_instances, score_threshold=score_threshold, model=model
+        )
+        for c in concepts
+    ]
