@@ -7,7 +7,8 @@
 >>> print(labelstudio.labeling_config(["my dog"]))     # the project's labeling interface
 
 Each mask becomes one ``brushlabels`` region of a prediction (``model_version``, ``score``,
-``result``), encoded with the SDK's ``label_studio_sdk.converter.brush.mask2rle``; the labeling
+``result``) in Label Studio's brush RLE (:mod:`persam.integrations.labelstudio_rle`, plain NumPy:
+no Label Studio package is needed to write or read these files); the labeling
 config must have a ``<BrushLabels name=FROM_NAME toName=TO_NAME>`` with the label, over an
 ``<Image name=TO_NAME value="$image">`` (:func:`labeling_config` writes one).
 """
@@ -25,7 +26,8 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from persam.errors import InputError
-from persam.integrations.common import as_masks, require
+from persam.integrations.common import as_masks
+from persam.integrations.labelstudio_rle import decode_brush_rle, encode_brush_rle
 from persam.io import atomic_path
 from persam.results import Masks
 
@@ -33,10 +35,6 @@ __all__ = ["from_prediction", "labeling_config", "to_prediction", "to_task", "wr
 
 #: Region ids carry the object id, so that reading a prediction back keeps it.
 _REGION_ID = re.compile(r"^persam-(\d+)$")
-
-
-def _brush() -> Any:
-    return require("label_studio_sdk.converter.brush", "labelstudio")
 
 
 def _labels(label: str | Sequence[str], n: int) -> list[str]:
@@ -66,7 +64,6 @@ def to_prediction(
         model_version: shown in Label Studio beside the prediction.
         found_only: only the masks flagged ``found`` (detections) become regions.
     """
-    brush = _brush()
     m = as_masks(masks)
     names = _labels(label, len(m))
     if found_only:
@@ -86,7 +83,7 @@ def to_prediction(
             # Label Studio paints the alpha channel: 255 where the object is.
             "value": {
                 "format": "rle",
-                "rle": [int(v) for v in brush.mask2rle(m.masks[k].astype(np.uint8) * 255)],
+                "rle": encode_brush_rle(m.masks[k]),
                 "brushlabels": [names[k]],
             },
         }
@@ -124,12 +121,11 @@ def from_prediction(
     prediction: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, from_name: str | None = None
 ) -> Masks:
     """The brush masks of a Label Studio prediction or annotation (or of its ``result`` list) as
-    :class:`~persam.results.Masks`, decoded with the SDK's ``decode_rle``.
+    :class:`~persam.results.Masks`.
 
     Scores are the regions' ``score`` (NaN without); object ids come from the region ids written by
     :func:`to_prediction` (else ``1..N``). ``from_name`` keeps only that control's regions.
     """
-    brush = _brush()
     results = prediction.get("result", []) if isinstance(prediction, Mapping) else prediction
     regions = [
         r
@@ -147,13 +143,21 @@ def from_prediction(
     if len(sizes) != 1:
         raise InputError(f"brush regions of different image sizes: {sorted(sizes)}")
     h, w = sizes.pop()
-    masks = np.stack([brush.decode_rle(r["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0 for r in regions])
+    masks = np.stack([_alpha(r["value"]["rle"], h, w) for r in regions])
     ids = [_REGION_ID.match(str(r.get("id", ""))) for r in regions]
     return Masks(
         masks=masks,
         scores=[float(r.get("score", math.nan)) for r in regions],
         object_ids=[int(i.group(1)) for i in ids] if all(ids) else None,
     )
+
+
+def _alpha(rle: Sequence[int], h: int, w: int) -> np.ndarray:
+    """The alpha channel of a region's brush RLE as ``bool [h, w]``."""
+    values = decode_brush_rle(rle)
+    if values.size != h * w * 4:
+        raise InputError(f"brush RLE of {values.size} values for a {w}x{h} RGBA image ({h * w * 4})")
+    return values.reshape(h, w, 4)[:, :, 3] > 0
 
 
 def labeling_config(
