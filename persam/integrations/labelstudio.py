@@ -29,9 +29,16 @@ from persam.errors import InputError
 from persam.integrations.common import as_masks
 from persam.integrations.labelstudio_rle import decode_brush_rle, encode_brush_rle
 from persam.io import atomic_path
-from persam.results import Masks
+from persam.results import Masks, decode_rle
 
-__all__ = ["from_prediction", "labeling_config", "to_prediction", "to_task", "write_tasks"]
+__all__ = [
+    "from_prediction",
+    "labeling_config",
+    "tasks_from_coco",
+    "to_prediction",
+    "to_task",
+    "write_tasks",
+]
 
 #: Region ids carry the object id, so that reading a prediction back keeps it.
 _REGION_ID = re.compile(r"^persam-(\d+)$")
@@ -108,6 +115,42 @@ def to_task(image: str, masks: Any, *, data_key: str = "image", **prediction: An
         prediction: options of :func:`to_prediction`.
     """
     return {"data": {data_key: image}, "predictions": [to_prediction(masks, **prediction)]}
+
+
+def tasks_from_coco(
+    coco: Mapping[str, Any], *, image_root: str = "", **prediction: Any
+) -> list[dict[str, Any]]:
+    """Label Studio tasks of a COCO results file (``images``, ``categories``, ``annotations`` with
+    RLE masks, as :class:`~persam.outputs.coco.CocoResults` writes): one task per image, its
+    annotations as brush regions labelled with their category's name.
+
+    Args:
+        coco: the parsed COCO dict.
+        image_root: put before each ``file_name`` to make the task's image URL (for instance
+            ``/data/local-files/?d=photos/``); the bare file names otherwise.
+        prediction: options of :func:`to_prediction` (``from_name``, ``model_version``, ...).
+    """
+    try:
+        names = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
+        by_image: dict[int, list[Mapping[str, Any]]] = {}
+        for ann in coco.get("annotations", []):
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        tasks = []
+        for im in coco["images"]:
+            size = (int(im["height"]), int(im["width"]))
+            anns = by_image.get(im["id"], [])
+            if anns:
+                masks = Masks(
+                    masks=np.stack([decode_rle(a["segmentation"]) for a in anns]).reshape(-1, *size),
+                    scores=[float(a.get("score", math.nan)) for a in anns],
+                )
+            else:
+                masks = Masks.empty(size)
+            labels = [names.get(a.get("category_id"), "object") for a in anns]
+            tasks.append(to_task(image_root + str(im["file_name"]), masks, label=labels, **prediction))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"not a COCO results dict ({type(e).__name__}: {e})") from None
+    return tasks
 
 
 def write_tasks(path: str | os.PathLike, tasks: Iterable[Mapping[str, Any]]) -> None:
