@@ -30,7 +30,7 @@ def test_missing_checkpoint_is_a_message_not_a_stack_trace(
             ("", ("no checkpoint for sam_vit_h in the cache", "persam weights download sam_vit_h")),
             (str(tmp_path / "nope.pth"), ("checkpoint file not found", "nope.pth")),
         ):
-            _, _, _, status = srv.client.predict(
+            *_, status = srv.client.predict(
                 f(str(data.ref)),
                 f(str(data.ref_mask)),
                 "",
