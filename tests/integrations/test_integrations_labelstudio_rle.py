@@ -84,3 +84,21 @@ def test_tasks_round_trip_without_label_studio(tmp_path) -> None:
     back = ls.from_prediction(task["predictions"][0])
     np.testing.assert_array_equal(back.masks, m)
     assert back.object_ids.tolist() == [3, 7] and back.scores.tolist() == [0.875, 0.5]
+
+
+def test_tasks_from_a_coco_results_file(tmp_path) -> None:
+    from persam.outputs.coco import CocoResults
+
+    m = np.zeros((1, 20, 24), bool)
+    m[0, 4:15, 2:20] = True
+    coco = CocoResults(tmp_path / "coco.json")
+    coco.add("a.jpg", Masks(masks=m, scores=[0.75]), "cup")
+    coco.add("b.jpg", Masks.empty((20, 24)), "cup")
+    tasks = ls.tasks_from_coco(coco.to_dict(), image_root="/data/local-files/?d=", model_version="v1")
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=a.jpg", "/data/local-files/?d=b.jpg"]
+    (region,) = tasks[0]["predictions"][0]["result"]
+    assert region["value"]["brushlabels"] == ["cup"] and region["score"] == 0.75
+    np.testing.assert_array_equal(ls.from_prediction(tasks[0]["predictions"][0]).masks, m)
+    assert tasks[1]["predictions"][0]["result"] == []
+    with pytest.raises(InputError, match="not a COCO"):
+        ls.tasks_from_coco({"images": [{"id": 1}]})
