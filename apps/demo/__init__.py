@@ -14,7 +14,8 @@ cleanup), :mod:`.callbacks` (event handlers), :mod:`.layout` (the page), :mod:`.
 
 Besides the page, the app serves three endpoints for programmatic clients (``gradio_client``):
 ``/reference_mask`` (reference image + clicks -> overlay, mask, status), ``/segment_images``
-(reference image + mask image or clicks, targets -> gallery, masks zip, COCO JSON, status) and
+(reference image + mask image or clicks, targets -> gallery, masks zip, COCO JSON, Label Studio
+tasks JSON, CVAT COCO 1.0 zip, status) and
 ``/track_video`` (video + first-frame label map or clicks -> overlay video, zip, status). Clicks are
 JSON: ``[[x, y, label], ...]`` for images and ``[[x, y, label, object_id], ...]`` for videos
 (label 1 positive, 0 negative).

@@ -27,7 +27,14 @@ from apps.demo.inputs import (
     parse_clicks,
 )
 from apps.demo.models import one_line
-from apps.demo.settings import MAX_OBJECTS, METHOD_LABELS, RANDOM_WEIGHTS_NOTE, DemoError, ModelSettings
+from apps.demo.settings import (
+    MAX_OBJECTS,
+    METHOD_LABELS,
+    RANDOM_WEIGHTS_NOTE,
+    DemoError,
+    ModelSettings,
+    image_method_labels,
+)
 from apps.demo.settings import settings_of as _settings
 from persam.drawing import overlay_labels, render_overlay
 from persam.io import InputError, as_image, load_image
@@ -191,15 +198,16 @@ class PageCallbacks:
     def run_images(
         self, img, mask, method, targets, settings: ModelSettings, progress, table: bool = False
     ) -> tuple:
-        """(gallery, masks zip, COCO file, status), with the results table before the status when
-        ``table`` is set (the page shows it; gallery captions are cut short on narrow screens)."""
+        """(gallery, masks zip, COCO file, Label Studio tasks, CVAT zip, status), with the results
+        table before the status when ``table`` is set (the page shows it; gallery captions are cut
+        short on narrow screens)."""
         paths = [p for p in (file_path(t) for t in (targets or [])) if p]
         res: ImagesResult = self.engine.segment_images(
-            settings, img, mask, METHOD_LABELS.get(method, method), paths,
+            settings, img, mask, image_method_labels().get(method, method), paths,
             progress=lambda f, d: progress(f, desc=d),
         )  # fmt: skip
         gallery = [(str(t.overlay), t.caption) for t in res.targets]
-        files = (str(res.zip_path), str(res.coco_path))
+        files = (str(res.zip_path), str(res.coco_path), str(res.labelstudio_path), str(res.cvat_path))
         status = self.done(res.summary, settings)
         return (gallery, *files, results_table(res), status) if table else (gallery, *files, status)
 
@@ -216,7 +224,8 @@ class PageCallbacks:
         progress=gr.Progress(),  # noqa: B008
     ) -> tuple:  # fmt: skip
         """Reference image file + (mask image file or clicks JSON [[x, y, label], ...]), target image
-        files -> (gallery of overlays with scores, zip of binary masks, COCO JSON, status)."""
+        files -> (gallery of overlays with scores, zip of binary masks, COCO JSON, Label Studio
+        tasks JSON, CVAT COCO 1.0 zip, status)."""
         settings = _settings(model, checkpoint, device, dtype)
         img = self._api_reference(reference)
         mask = self._api_reference_mask(img, reference_mask, clicks, settings)

@@ -6,6 +6,7 @@ library (:mod:`persam.personalize`, :mod:`persam.pipelines`), with its errors tu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -20,8 +21,10 @@ import numpy as np
 from PIL import Image
 
 from apps.demo.models import ModelCache, one_line
-from apps.demo.settings import DemoError, ModelSettings
+from apps.demo.settings import DemoError, ModelSettings, method_title
 from apps.demo.workdir import WorkDir
+from persam.integrations.cvat_coco import write_coco_zip
+from persam.integrations.labelstudio import tasks_from_coco, write_tasks
 from persam.io import InputError
 from persam.outputs import COCO_FILE, MASK_DIR, OVERLAY_DIR
 from persam.personalize import check_prompts, learn, mask_from_prompts
@@ -63,6 +66,8 @@ class ImagesResult:
     zip_path: Path  # binary mask PNGs (0 / 255), one per segmented target
     coco_path: Path  # COCO results (RLE masks with scores) of every segmented target
     summary: str
+    labelstudio_path: Path | None = None  # Label Studio tasks, the masks as brush pre-annotations
+    cvat_path: Path | None = None  # CVAT "COCO 1.0" zip of the same results
     failed: list[str] = field(default_factory=list)  # "name (reason)" per target that was not segmented
 
 
@@ -83,6 +88,16 @@ def zip_folder(folder: Path, dest: Path, prefix: str = "", pattern: str = "*") -
             if f.is_file():
                 zf.write(f, (Path(prefix) / f.relative_to(folder)).as_posix())
     return dest
+
+
+def annotation_tool_files(coco_path: Path, method: str) -> tuple[Path, Path]:
+    """The results of ``coco_path`` for annotation tools, beside it: Label Studio tasks (brush
+    pre-annotations of each image, by file name) and a CVAT "COCO 1.0" zip."""
+    coco = json.loads(coco_path.read_text(encoding="utf-8"))
+    ls_path = coco_path.with_name("label_studio_tasks.json")
+    write_tasks(ls_path, tasks_from_coco(coco, model_version=f"persam-{method}"))
+    cvat_path = write_coco_zip(coco, coco_path.with_name("cvat_coco.zip"))
+    return ls_path, cvat_path
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -273,14 +288,17 @@ class DemoEngine:
             score = float(res.score) if res is not None else float("nan")
             found = bool(res.found) if res is not None else path not in summary.not_found
             items.append(TargetResult(path.name, out_dir / OVERLAY_DIR / f"{names[path]}.jpg", score, found))
-        label = "PerSAM-F" if method == "persam_f" else "PerSAM"
-        text = f"Segmented {len(items)} image(s) with {label}."
+        text = f"Segmented {len(items)} image(s) with {method_title(method)}."
         if reasons:
             text += " Skipped: " + "; ".join(reasons) + "."
         zip_path = zip_folder(out_dir / MASK_DIR, out_dir / "masks.zip")
+        ls_path, cvat_path = annotation_tool_files(out_dir / COCO_FILE, method)
         if progress is not None:
             progress(1.0, "done")
-        return ImagesResult(items, zip_path, out_dir / COCO_FILE, text, reasons)
+        return ImagesResult(
+            items, zip_path, out_dir / COCO_FILE, text,
+            failed=reasons, labelstudio_path=ls_path, cvat_path=cvat_path,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ video
     def first_frame(self, video_path: str) -> np.ndarray:

@@ -11,6 +11,7 @@ from apps.demo.callbacks import UPLOAD_REFERENCE, PageCallbacks, guarded
 from apps.demo.examples import Examples
 from apps.demo.inputs import davis_colour, hex_colour
 from apps.demo.settings import (
+    CANDIDATES_LABEL,
     CHECKPOINT_HELP,
     DEVICE_CHOICES,
     DTYPE_CHOICES,
@@ -18,6 +19,7 @@ from apps.demo.settings import (
     METHOD_LABELS,
     RANDOM_WEIGHTS_NOTE,
     ModelSettings,
+    image_method_labels,
     model_choices,
 )
 
@@ -92,10 +94,11 @@ def _images_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[s
                         brush=gr.Brush(colors=[("#ff3b30", 0.6)], color_mode="fixed"),
                         elem_id="ref-brush-editor",
                     )  # fmt: skip
-            method = gr.Radio(
-                list(METHOD_LABELS), value="PerSAM", label="Method", elem_id="method",
-                info="PerSAM is training-free; PerSAM-F also fits two mask weights (slower).",
-            )  # fmt: skip
+            methods = image_method_labels()
+            info = "PerSAM is training-free; PerSAM-F also fits two mask weights (slower)."
+            if CANDIDATES_LABEL in methods:
+                info += " Candidates segments everything and keeps the masks most like the object."
+            method = gr.Radio(list(methods), value="PerSAM", label="Method", elem_id="method", info=info)
         with gr.Column(scale=1):
             gr.Markdown("### 2. Targets: where to find it")
             targets = gr.File(file_count="multiple", label="Target photos", elem_id="targets", height=150)
@@ -109,6 +112,11 @@ def _images_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[s
             with gr.Row():
                 masks_zip = gr.DownloadButton("Masks (zip of PNGs)", elem_id="masks-zip", size="md")
                 coco_json = gr.DownloadButton("COCO results (JSON)", elem_id="coco-json", size="md")
+            with gr.Row():
+                ls_json = gr.DownloadButton(
+                    "Label Studio tasks (JSON)", elem_id="labelstudio-json", size="md"
+                )
+                cvat_zip = gr.DownloadButton("CVAT (COCO 1.0 zip)", elem_id="cvat-zip", size="md")
     example_mask = gr.File(visible=False, label="reference mask")
     example_clicks = gr.Textbox(visible=False, label="clicks [x, y, label]")
     rows = [
@@ -138,11 +146,11 @@ def _images_tab(cb: PageCallbacks, settings: list, examples: Examples) -> dict[s
     clear_btn.click(cb.on_clear_clicks, [ref_plain], [ref_view, clicks, ref_mask, status], **PRIVATE)
     tab_clicks.select(lambda: "clicks", None, mask_source, queue=False, **PRIVATE)
     tab_brush.select(lambda: "brush", None, mask_source, queue=False, **PRIVATE)
-    outputs = [gallery, masks_zip, coco_json, status]
+    outputs = [gallery, masks_zip, coco_json, ls_json, cvat_zip, status]
     run_btn.click(
-        guarded(cb.on_run_images, ([], None, None, "")),
+        guarded(cb.on_run_images, ([], None, None, None, None, "")),
         [ref_plain, ref_mask, brush, mask_source, method, targets, *settings],
-        [gallery, masks_zip, coco_json, table, status],
+        [gallery, masks_zip, coco_json, ls_json, cvat_zip, table, status],
         **PRIVATE, **MODEL_QUEUE,
     )  # fmt: skip
     reference = [ref_plain, ref_mask, brush, mask_source]
@@ -249,7 +257,7 @@ def _api(cb: PageCallbacks, settings: list, images: dict[str, Any], video: dict[
         [api_view, api_mask_out, api_status], api_name="reference_mask", **MODEL_QUEUE,
     )  # fmt: skip
     buttons[1].click(
-        guarded(cb.api_segment_images, ([], None, None)),
+        guarded(cb.api_segment_images, ([], None, None, None, None)),
         [api_ref, api_ref_mask, api_clicks, images["method"], images["targets"], *settings],
         images["outputs"], api_name="segment_images", **MODEL_QUEUE,
     )  # fmt: skip

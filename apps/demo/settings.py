@@ -15,6 +15,7 @@ from typing import Any
 
 from persam import devices
 from persam.errors import InputError
+from persam.methods import method_spec
 from persam.registry import get_spec, is_registered, list_models, random_model_names
 from persam.weights import get_info
 
@@ -38,6 +39,28 @@ MODEL_CHOICES: list[str] = list_models()
 DEVICE_CHOICES = list(devices.DEVICE_CHOICES)
 DTYPE_CHOICES, DEFAULT_DTYPE = _dtype_choices()
 METHOD_LABELS = {"PerSAM": "persam", "PerSAM-F": "persam_f"}
+#: Segment everything, then rank the candidate masks by the concept (where the library has it).
+CANDIDATES_LABEL = "Candidates"
+
+
+def image_method_labels() -> dict[str, str]:
+    """The Images tab's methods: PerSAM, PerSAM-F, and the candidates method when the library
+    knows it (:func:`persam.methods.method_spec` accepts ``"candidates"``)."""
+    labels = dict(METHOD_LABELS)
+    try:
+        method_spec("candidates")
+    except (KeyError, ValueError):
+        return labels
+    labels[CANDIDATES_LABEL] = "candidates"
+    return labels
+
+
+def method_title(method: str) -> str:
+    """How the status names ``method`` (``"persam_f"`` -> ``"PerSAM-F"``)."""
+    titles = {v: k for k, v in image_method_labels().items()}
+    return titles.get(method, method)
+
+
 MAX_OBJECTS = 6
 # Uploads above this are refused by the server before any handler runs (Gradio's max_file_size).
 DEFAULT_MAX_FILE_SIZE = "50mb"

@@ -40,6 +40,7 @@ fo = require("fiftyone", "fiftyone")
 fom = require("fiftyone.core.models", "fiftyone")
 
 __all__ = [
+    "SOURCE_NAME",
     "ZOO_NAME",
     "PerSAMModel",
     "add_results",
@@ -57,6 +58,10 @@ __all__ = [
 ZOO_NAME = "persam"
 #: Random test models: no file to download (a marker file stands in for the checkpoint).
 _RANDOM_MARKER = ".random"
+#: The zoo source's own name: FiftyOne keeps a source in ``model_zoo_dir/<name>`` and imports its
+#: ``__init__.py`` under that name, so it must not be ``persam`` (that module would replace the
+#: persam package in ``sys.modules``).
+SOURCE_NAME = "persam-zoo"
 
 
 # ------------------------------------------------------------------------------ conversions
@@ -226,8 +231,9 @@ def zoo_source_dir() -> Path:
 
 
 def zoo_manifest() -> dict[str, Any]:
-    """The zoo manifest of every persam model with an official checkpoint, and ``tiny_random_sam``
-    (random weights, nothing to download: for trying the wiring; its masks are meaningless)."""
+    """The zoo manifest of every persam model with an official checkpoint, and the small random
+    test models (``tiny_random_sam``, ...: nothing to download, for trying the wiring; their masks
+    are meaningless)."""
     models = []
     for name in list_models():
         info = CHECKPOINTS[get_spec(name).checkpoint]
@@ -243,18 +249,20 @@ def zoo_manifest() -> dict[str, Any]:
                 "requirements": {"packages": ["persam"], "cpu": {"support": True}, "gpu": {"support": True}},
             }
         )
-    models.append(
-        {
-            "base_name": f"{ZOO_NAME}/tiny_random_sam",
-            "base_filename": f"tiny_random_sam{_RANDOM_MARKER}",
-            "description": "small SAM with random weights, for trying the wiring (masks are meaningless)",
-            "license": "Apache-2.0",
-            "size_bytes": 0,
-            "tags": ["segmentation", "persam", "test"],
-            "requirements": {"packages": ["persam"], "cpu": {"support": True}},
-        }
-    )
-    return {"name": ZOO_NAME, "models": models}
+    for name in random_model_names():
+        models.append(
+            {
+                "base_name": f"{ZOO_NAME}/{name}",
+                "base_filename": f"{name}{_RANDOM_MARKER}",
+                "description": f"small {name.removeprefix('tiny_random_')} model with random weights, "
+                "for trying the wiring (masks are meaningless)",
+                "license": "Apache-2.0",
+                "size_bytes": 0,
+                "tags": ["segmentation", "persam", "test"],
+                "requirements": {"packages": ["persam"], "cpu": {"support": True}},
+            }
+        )
+    return {"name": SOURCE_NAME, "models": models}
 
 
 def _model_name(zoo_name: str) -> str:
@@ -316,7 +324,7 @@ def register_zoo_source(overwrite: bool = False) -> Path:
     """Copies the zoo source into FiftyOne's local zoo (``fo.config.model_zoo_dir``), as
     ``foz.register_zoo_model_source`` does with a downloaded one, so that ``persam/<model>``
     names load without hosting the folder anywhere; returns where it went."""
-    dst = Path(fo.config.model_zoo_dir, *ZOO_NAME.split("/"))
+    dst = Path(fo.config.model_zoo_dir, SOURCE_NAME)
     if dst.exists():
         if not overwrite:
             return dst

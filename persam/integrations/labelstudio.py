@@ -7,7 +7,8 @@
 >>> print(labelstudio.labeling_config(["my dog"]))     # the project's labeling interface
 
 Each mask becomes one ``brushlabels`` region of a prediction (``model_version``, ``score``,
-``result``), encoded with the SDK's ``label_studio_sdk.converter.brush.mask2rle``; the labeling
+``result``) in Label Studio's brush RLE (:mod:`persam.integrations.labelstudio_rle`, plain NumPy:
+no Label Studio package is needed to write or read these files); the labeling
 config must have a ``<BrushLabels name=FROM_NAME toName=TO_NAME>`` with the label, over an
 ``<Image name=TO_NAME value="$image">`` (:func:`labeling_config` writes one).
 """
@@ -25,18 +26,22 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from persam.errors import InputError
-from persam.integrations.common import as_masks, require
+from persam.integrations.common import as_masks
+from persam.integrations.labelstudio_rle import decode_brush_rle, encode_brush_rle
 from persam.io import atomic_path
-from persam.results import Masks
+from persam.results import Masks, decode_rle
 
-__all__ = ["from_prediction", "labeling_config", "to_prediction", "to_task", "write_tasks"]
+__all__ = [
+    "from_prediction",
+    "labeling_config",
+    "tasks_from_coco",
+    "to_prediction",
+    "to_task",
+    "write_tasks",
+]
 
 #: Region ids carry the object id, so that reading a prediction back keeps it.
 _REGION_ID = re.compile(r"^persam-(\d+)$")
-
-
-def _brush() -> Any:
-    return require("label_studio_sdk.converter.brush", "labelstudio")
 
 
 def _labels(label: str | Sequence[str], n: int) -> list[str]:
@@ -66,7 +71,6 @@ def to_prediction(
         model_version: shown in Label Studio beside the prediction.
         found_only: only the masks flagged ``found`` (detections) become regions.
     """
-    brush = _brush()
     m = as_masks(masks)
     names = _labels(label, len(m))
     if found_only:
@@ -86,7 +90,7 @@ def to_prediction(
             # Label Studio paints the alpha channel: 255 where the object is.
             "value": {
                 "format": "rle",
-                "rle": [int(v) for v in brush.mask2rle(m.masks[k].astype(np.uint8) * 255)],
+                "rle": encode_brush_rle(m.masks[k]),
                 "brushlabels": [names[k]],
             },
         }
@@ -113,6 +117,42 @@ def to_task(image: str, masks: Any, *, data_key: str = "image", **prediction: An
     return {"data": {data_key: image}, "predictions": [to_prediction(masks, **prediction)]}
 
 
+def tasks_from_coco(
+    coco: Mapping[str, Any], *, image_root: str = "", **prediction: Any
+) -> list[dict[str, Any]]:
+    """Label Studio tasks of a COCO results file (``images``, ``categories``, ``annotations`` with
+    RLE masks, as :class:`~persam.outputs.coco.CocoResults` writes): one task per image, its
+    annotations as brush regions labelled with their category's name.
+
+    Args:
+        coco: the parsed COCO dict.
+        image_root: put before each ``file_name`` to make the task's image URL (for instance
+            ``/data/local-files/?d=photos/``); the bare file names otherwise.
+        prediction: options of :func:`to_prediction` (``from_name``, ``model_version``, ...).
+    """
+    try:
+        names = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
+        by_image: dict[int, list[Mapping[str, Any]]] = {}
+        for ann in coco.get("annotations", []):
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        tasks = []
+        for im in coco["images"]:
+            size = (int(im["height"]), int(im["width"]))
+            anns = by_image.get(im["id"], [])
+            if anns:
+                masks = Masks(
+                    masks=np.stack([decode_rle(a["segmentation"]) for a in anns]).reshape(-1, *size),
+                    scores=[float(a.get("score", math.nan)) for a in anns],
+                )
+            else:
+                masks = Masks.empty(size)
+            labels = [names.get(a.get("category_id"), "object") for a in anns]
+            tasks.append(to_task(image_root + str(im["file_name"]), masks, label=labels, **prediction))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"not a COCO results dict ({type(e).__name__}: {e})") from None
+    return tasks
+
+
 def write_tasks(path: str | os.PathLike, tasks: Iterable[Mapping[str, Any]]) -> None:
     """Writes ``tasks`` as the JSON list Label Studio imports (replaced atomically)."""
     text = json.dumps(list(tasks))
@@ -124,12 +164,11 @@ def from_prediction(
     prediction: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, from_name: str | None = None
 ) -> Masks:
     """The brush masks of a Label Studio prediction or annotation (or of its ``result`` list) as
-    :class:`~persam.results.Masks`, decoded with the SDK's ``decode_rle``.
+    :class:`~persam.results.Masks`.
 
     Scores are the regions' ``score`` (NaN without); object ids come from the region ids written by
     :func:`to_prediction` (else ``1..N``). ``from_name`` keeps only that control's regions.
     """
-    brush = _brush()
     results = prediction.get("result", []) if isinstance(prediction, Mapping) else prediction
     regions = [
         r
@@ -147,13 +186,21 @@ def from_prediction(
     if len(sizes) != 1:
         raise InputError(f"brush regions of different image sizes: {sorted(sizes)}")
     h, w = sizes.pop()
-    masks = np.stack([brush.decode_rle(r["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0 for r in regions])
+    masks = np.stack([_alpha(r["value"]["rle"], h, w) for r in regions])
     ids = [_REGION_ID.match(str(r.get("id", ""))) for r in regions]
     return Masks(
         masks=masks,
         scores=[float(r.get("score", math.nan)) for r in regions],
         object_ids=[int(i.group(1)) for i in ids] if all(ids) else None,
     )
+
+
+def _alpha(rle: Sequence[int], h: int, w: int) -> np.ndarray:
+    """The alpha channel of a region's brush RLE as ``bool [h, w]``."""
+    values = decode_brush_rle(rle)
+    if values.size != h * w * 4:
+        raise InputError(f"brush RLE of {values.size} values for a {w}x{h} RGBA image ({h * w * 4})")
+    return values.reshape(h, w, 4)[:, :, 3] > 0
 
 
 def labeling_config(

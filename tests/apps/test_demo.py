@@ -186,7 +186,9 @@ def test_page_shows_the_random_model_banner(server: Server) -> None:
 
 
 def test_segment_images_with_a_mask_image(server: Server, data: Data) -> None:
-    gallery, zip_path, coco_path, status = segment(server, data.ref, data.ref_mask, targets=data.targets)
+    gallery, zip_path, coco_path, _, _, status = segment(
+        server, data.ref, data.ref_mask, targets=data.targets
+    )
     assert status == "Segmented 3 image(s) with PerSAM."
     assert len(gallery) == 3
     for item, target in zip(gallery, data.targets, strict=True):
@@ -197,15 +199,15 @@ def test_segment_images_with_a_mask_image(server: Server, data: Data) -> None:
 
 
 def test_reference_embedding_and_concept_are_reused(server: Server, data: Data) -> None:
-    _, _, _, status = segment(server, data.ref, data.ref_mask, targets=data.targets[:1])
+    *_, status = segment(server, data.ref, data.ref_mask, targets=data.targets[:1])
     assert status.startswith("Segmented 1 image(s)")
     learned = server.engine.concepts_learned
     assert learned >= 1
     for targets in (data.targets[1:], data.targets[:1]):
-        _, _, _, status = segment(server, data.ref, data.ref_mask, targets=targets)
+        *_, status = segment(server, data.ref, data.ref_mask, targets=targets)
         assert status.startswith("Segmented")
     assert server.engine.concepts_learned == learned  # same reference: learned once, reused
-    _, _, _, status = segment(server, data.ref, data.ref_mask, method="PerSAM-F", targets=data.targets[:1])
+    *_, status = segment(server, data.ref, data.ref_mask, method="PerSAM-F", targets=data.targets[:1])
     assert server.engine.concepts_learned == learned + 1  # another method is another concept
 
 
@@ -223,7 +225,7 @@ def test_reference_mask_from_clicks(server: Server, data: Data) -> None:
 
 
 def test_segment_images_from_clicks_with_persam_f(server: Server, data: Data) -> None:
-    gallery, zip_path, coco_path, status = segment(
+    gallery, zip_path, coco_path, _, _, status = segment(
         server, data.ref, clicks="[[60, 45, 1]]", method="PerSAM-F", targets=data.targets[:2]
     )
     assert status == "Segmented 2 image(s) with PerSAM-F."
@@ -268,26 +270,26 @@ def test_track_video_from_clicks_on_two_objects(server: Server, data: Data) -> N
 
 
 def test_bad_image_inputs_give_messages_and_the_app_keeps_serving(server: Server, data: Data) -> None:
-    gallery, zip_path, coco_path, status = segment(server, data.ref, targets=data.targets[:1])
+    gallery, zip_path, coco_path, _, _, status = segment(server, data.ref, targets=data.targets[:1])
     assert_error(status, "no reference mask")
     assert gallery == [] and zip_path is None and coco_path is None
 
-    _, _, _, status = segment(server, data.ref, data.ref_mask)
+    *_, status = segment(server, data.ref, data.ref_mask)
     assert_error(status, "at least one target")
 
-    _, _, _, status = segment(server, data.ref, data.ref_mask, targets=[data.text_file])
+    *_, status = segment(server, data.ref, data.ref_mask, targets=[data.text_file])
     assert_error(status, "notes.txt", "not a readable image")
 
-    _, _, _, status = segment(server, data.text_file, data.ref_mask, targets=data.targets[:1])
+    *_, status = segment(server, data.text_file, data.ref_mask, targets=data.targets[:1])
     assert_error(status, "reference photo", "not a readable image")
 
-    _, _, _, status = segment(server, data.ref, data.targets[2], targets=data.targets[:1])  # 112x80 mask
+    *_, status = segment(server, data.ref, data.targets[2], targets=data.targets[:1])  # 112x80 mask
     assert_error(status, "reference mask is 112x80")
 
-    _, _, _, status = segment(server, data.ref, clicks="[[60, 45]]", targets=data.targets[:1])
+    *_, status = segment(server, data.ref, clicks="[[60, 45]]", targets=data.targets[:1])
     assert_error(status, "[x, y, label]")
 
-    gallery, zip_path, coco_path, status = segment(
+    gallery, zip_path, coco_path, _, _, status = segment(
         server, data.ref, data.ref_mask, targets=[data.text_file, data.targets[0]]
     )
     assert status.startswith("Segmented 1 image(s)") and "notes.txt (not a readable image)" in status

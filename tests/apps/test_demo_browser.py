@@ -215,6 +215,14 @@ def test_images_example_fills_every_step_and_segments(page) -> None:
     coco = json.loads(Path(download.value.path()).read_text())
     names = {im["file_name"] for im in coco["images"]}
     assert names == {"no_sticker.jpg", "sticker_astronaut.jpg", "sticker_cat.jpg"}
+    with page.expect_download() as download:
+        page.locator("#labelstudio-json").click()
+    tasks = json.loads(Path(download.value.path()).read_text())
+    assert {t["data"]["image"] for t in tasks} == names
+    with page.expect_download() as download:
+        page.locator("#cvat-zip").click()
+    with zipfile.ZipFile(download.value.path()) as zf:
+        assert zf.namelist() == ["annotations/instances_default.json"]
     assert "Traceback" not in page.content()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "demo_images_example.png"), full_page=True)

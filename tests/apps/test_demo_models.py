@@ -30,7 +30,7 @@ def test_missing_checkpoint_is_a_message_not_a_stack_trace(
             ("", ("no checkpoint for sam_vit_h in the cache", "persam weights download sam_vit_h")),
             (str(tmp_path / "nope.pth"), ("checkpoint file not found", "nope.pth")),
         ):
-            _, _, _, status = srv.client.predict(
+            *_, status = srv.client.predict(
                 f(str(data.ref)),
                 f(str(data.ref_mask)),
                 "",
@@ -85,7 +85,7 @@ def test_model_config_json_with_random_weights_serves_the_images_flow(
     dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "model")
     assert str(model_config) in [value for _, value in dropdown["props"]["choices"]]
 
-    gallery, zip_path, coco_path, status = segment(
+    gallery, zip_path, coco_path, _, _, status = segment(
         config_server, data.ref, data.ref_mask, targets=data.targets, settings=()
     )
     assert status.startswith("Segmented 3 image(s) with PerSAM.")
@@ -108,12 +108,10 @@ def test_bfloat16_precision_is_used_and_cached_separately(
 ) -> None:
     cache = config_server.engine.cache
     settings = (str(model_config), "none", "cpu")
-    _, _, _, status = segment(
-        config_server, data.ref, data.ref_mask, targets=data.targets[:1], settings=settings
-    )
+    *_, status = segment(config_server, data.ref, data.ref_mask, targets=data.targets[:1], settings=settings)
     assert status.startswith("Segmented 1 image(s)")
     fp32 = cache.get(demo.ModelSettings(*settings, "float32"))
-    gallery, zip_path, coco_path, status = segment(
+    gallery, zip_path, coco_path, _, _, status = segment(
         config_server, data.ref, data.ref_mask, targets=data.targets[:2], settings=(*settings, "bfloat16")
     )
     assert status.startswith("Segmented 2 image(s)") and "⚠️ Unexpected" not in status
@@ -129,7 +127,7 @@ def test_bad_model_values_give_messages_and_the_app_keeps_serving(
     torch.set_num_threads(1)
     app, srv = start(tmp_path / "work", random_model=False, argv=["--model", "sam_vit_q", "--device", "cpu"])
     try:
-        _, _, _, status = segment(srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=())
+        *_, status = segment(srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=())
         assert_error(status, "unknown model 'sam_vit_q'", "sam_vit_b", "tiny_random_sam", "json")
 
         not_json = tmp_path / "broken.json"
@@ -143,12 +141,12 @@ def test_bad_model_values_give_messages_and_the_app_keeps_serving(
             (str(model_config), "", ("no official checkpoint", "none")),  # a config has no cached file
             ("tiny_random_sam", "auto", ("tiny_random_sam has no official checkpoint",)),
         ):
-            _, _, _, status = segment(
+            *_, status = segment(
                 srv, data.ref, data.ref_mask, targets=data.targets[:1], settings=(model, checkpoint, "cpu")
             )
             assert_error(status, *words)
 
-        gallery, _, _, status = segment(
+        gallery, *_, status = segment(
             srv,
             data.ref,
             data.ref_mask,

@@ -71,7 +71,7 @@ def test_examples_are_on_the_page_and_produce_results(server: Server) -> None:
     f = gradio_client.handle_file
 
     targets = [folder / n for n in ("sticker_astronaut.jpg", "sticker_cat.jpg", "no_sticker.jpg")]
-    gallery, zip_path, coco_path, status = server.client.predict(
+    gallery, zip_path, coco_path, _, _, status = server.client.predict(
         f(str(folder / "sticker_reference.png")), f(str(folder / "sticker_reference_mask.png")), "",
         "PerSAM", [f(str(t)) for t in targets], "sam_vit_b", "", "cpu", api_name="/segment_images",
     )  # fmt: skip
@@ -107,7 +107,7 @@ def test_reference_mask_preview_tints_the_marked_object(server: Server, data: Da
 
 
 def test_results_show_scores_and_not_found_in_agreement_with_coco(server: Server, data: Data) -> None:
-    gallery, _, coco_path, status = segment(server, data.ref, data.ref_mask, targets=data.targets)
+    gallery, _, coco_path, *_, status = segment(server, data.ref, data.ref_mask, targets=data.targets)
     assert status == "Segmented 3 image(s) with PerSAM."
     coco = json.loads(Path(coco_path).read_text())
     ids = {im["file_name"]: im["id"] for im in coco["images"]}
@@ -125,7 +125,7 @@ def test_results_show_scores_and_not_found_in_agreement_with_coco(server: Server
 def test_downloads_hold_png_masks_and_a_coco_file_that_agree(server: Server, data: Data) -> None:
     from persam.results import decode_rle
 
-    _, zip_path, coco_path, _ = segment(server, data.ref, data.ref_mask, targets=data.targets)
+    _, zip_path, coco_path, *_ = segment(server, data.ref, data.ref_mask, targets=data.targets)
     assert_mask_zip(zip_path, data.target_sizes)
     coco = json.loads(Path(coco_path).read_text())
     assert {im["file_name"] for im in coco["images"]} == set(data.target_sizes)
@@ -142,19 +142,67 @@ def test_downloads_hold_png_masks_and_a_coco_file_that_agree(server: Server, dat
             assert ann["area"] == int(png.sum()) and np.isfinite(ann["score"])
 
 
+def _brush_alpha(region: dict) -> np.ndarray:
+    """A Label Studio brush region's mask: with the Label Studio SDK's decoder where it is installed
+    (its environment in CI), else with ours (checked against the SDK's in that environment)."""
+    try:
+        from label_studio_sdk.converter.brush import decode_rle as decode
+    except ImportError:
+        from persam.integrations.labelstudio_rle import decode_brush_rle as decode
+    h, w = region["original_height"], region["original_width"]
+    return np.asarray(decode(region["value"]["rle"])).reshape(h, w, 4)[:, :, 3] > 0
+
+
+def test_label_studio_and_cvat_downloads_hold_the_result_masks(server: Server, data: Data) -> None:
+    from pycocotools import mask as mask_utils
+
+    gallery, zip_path, _, ls_path, cvat_path, _ = segment(
+        server, data.ref, data.ref_mask, targets=data.targets
+    )
+    found = {CAPTION.match(item["caption"])["name"]: CAPTION.match(item["caption"])["absent"] is None
+             for item in gallery}  # fmt: skip
+    with zipfile.ZipFile(zip_path) as zf:
+        pngs = {n: np.asarray(Image.open(zf.open(Path(n).stem + ".png"))) > 0 for n in data.target_sizes}
+
+    # Label Studio: one task per target, a brush region where the object was found.
+    tasks = json.loads(Path(ls_path).read_text())
+    assert sorted(t["data"]["image"] for t in tasks) == sorted(data.target_sizes)
+    for task in tasks:
+        name = task["data"]["image"]
+        (pred,) = task["predictions"]
+        regions = pred["result"]
+        assert len(regions) == int(found[name])
+        for region in regions:
+            assert (region["original_width"], region["original_height"]) == data.target_sizes[name]
+            assert region["type"] == "brushlabels" and region["from_name"] == "tag"
+            np.testing.assert_array_equal(_brush_alpha(region), pngs[name])
+
+    # CVAT: a COCO 1.0 zip (annotations/instances_default.json) with RLE masks marked iscrowd.
+    with zipfile.ZipFile(cvat_path) as zf:
+        assert zf.namelist() == ["annotations/instances_default.json"]
+        coco = json.loads(zf.read("annotations/instances_default.json"))
+    names = {im["id"]: im["file_name"] for im in coco["images"]}
+    assert sorted(names.values()) == sorted(data.target_sizes) and coco["categories"]
+    assert sorted(names[a["image_id"]] for a in coco["annotations"]) == sorted(n for n in found if found[n])
+    for ann in coco["annotations"]:
+        assert ann["iscrowd"] == 1
+        rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+        np.testing.assert_array_equal(mask_utils.decode(rle) > 0, pngs[names[ann["image_id"]]])
+
+
 def test_an_unreadable_target_is_reported_and_the_others_are_segmented(
     server: Server, data: Data, tmp_path: Path
 ) -> None:
     bomb = bomb_png(tmp_path / "huge.png")
     targets = [data.targets[0], bomb, data.text_file, data.targets[2]]
-    gallery, zip_path, coco_path, status = segment(server, data.ref, data.ref_mask, targets=targets)
+    gallery, zip_path, coco_path, _, _, status = segment(server, data.ref, data.ref_mask, targets=targets)
     assert status.startswith("Segmented 2 image(s) with PerSAM.")
     assert "huge.png (too large to read safely)" in status and "notes.txt (not a readable image)" in status
     assert [CAPTION.match(item["caption"])["name"] for item in gallery] == ["a.png", "c.png"]
     assert_mask_zip(zip_path, {n: data.target_sizes[n] for n in ("a.png", "c.png")})
     assert {im["file_name"] for im in json.loads(Path(coco_path).read_text())["images"]} == {"a.png", "c.png"}
 
-    _, _, _, status = segment(server, data.ref, data.ref_mask, targets=[bomb])
+    *_, status = segment(server, data.ref, data.ref_mask, targets=[bomb])
     assert "⚠️" in status and "huge.png (too large to read safely)" in status
 
 

@@ -291,3 +291,54 @@ def test_tiny_random_sam2_serves_both_flows(tmp_path: Path) -> None:
     labels = disc_mask().astype(np.uint8)
     video = engine.track_video(settings, str(disc_video(tmp_path / "clip.avi")), labels, "persam")
     assert video.summary == "Tracked 1 object(s) over 6 frame(s)."
+
+
+def test_candidates_is_offered_only_where_the_library_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from apps.demo import settings as demo_settings
+    from persam.methods import method_spec
+
+    def spec(method: str):
+        return None if method == "candidates" else method_spec(method)
+
+    try:
+        method_spec("candidates")
+        known = True
+    except (KeyError, ValueError):
+        known = False
+    assert ("Candidates" in demo_settings.image_method_labels()) == known
+    monkeypatch.setattr(demo_settings, "method_spec", spec)
+    assert demo_settings.image_method_labels() == {
+        "PerSAM": "persam", "PerSAM-F": "persam_f", "Candidates": "candidates",
+    }  # fmt: skip
+    assert demo_settings.method_title("candidates") == "Candidates"
+
+
+@pytest.mark.parametrize("label, method", [("PerSAM-F", "persam_f"), ("Candidates", "candidates")])
+def test_the_method_choice_reaches_learn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, label: str, method: str
+) -> None:
+    """The Images tab's method goes to ``learn`` as the library spells it, through the same code
+    path for every method (here ``candidates`` learns as PerSAM-F where the library lacks it)."""
+    from apps.demo import settings as demo_settings
+    from apps.demo.callbacks import PageCallbacks
+    from persam.methods import method_spec
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(demo_settings, "method_spec", lambda m: None if m == "candidates" else method_spec(m))
+    seen = []
+    real_learn = demo_engine.learn
+
+    def learn(model, image, mask, *, method: str):
+        seen.append(method)
+        return real_learn(model, image, mask, method="persam_f" if method == "candidates" else method)
+
+    monkeypatch.setattr(demo_engine, "learn", learn)
+    engine = demo.DemoEngine(demo.ModelCache(random_model=True), work_dir=tmp_path / "work")
+    Image.fromarray(disc_scene()).save(tmp_path / "t.png")
+    out = PageCallbacks(engine).run_images(
+        disc_scene(), disc_mask(), label, [str(tmp_path / "t.png")], demo.ModelSettings("sam_vit_b"),
+        lambda *a, **k: None,
+    )  # fmt: skip
+    assert seen == [method]
+    assert out[-1].startswith(f"Segmented 1 image(s) with {label}.")
+    assert len(out) == 6 and all(Path(f).is_file() for f in out[1:5])

