@@ -328,7 +328,7 @@ def test_the_method_choice_reaches_learn(
     seen = []
     real_learn = demo_engine.learn
 
-    def learn(model, image, mask, *, method: str):
+    def learn(model, image, mask, *, method: str, **options):
         seen.append(method)
         return real_learn(model, image, mask, method="persam_f" if method == "candidates" else method)
 
@@ -341,4 +341,22 @@ def test_the_method_choice_reaches_learn(
     )  # fmt: skip
     assert seen == [method]
     assert out[-1].startswith(f"Segmented 1 image(s) with {label}.")
+    assert len(out) == 6 and all(Path(f).is_file() for f in out[1:5])
+
+
+def test_candidates_segments_through_the_images_tab(tmp_path: Path) -> None:
+    """With the library's ``candidates`` method the Images tab learns, ranks the generated masks and
+    writes its downloads like the cascade methods do."""
+    from apps.demo.callbacks import PageCallbacks
+    from apps.demo.settings import image_method_labels
+
+    torch.set_num_threads(1)
+    assert image_method_labels()["Candidates"] == "candidates"
+    engine = demo.DemoEngine(demo.ModelCache(), work_dir=tmp_path / "work")
+    Image.fromarray(disc_scene()).save(tmp_path / "t.png")
+    out = PageCallbacks(engine).run_images(
+        disc_scene(), disc_mask(), "Candidates", [str(tmp_path / "t.png")],
+        demo.ModelSettings("tiny_random_sam", "none", "cpu"), lambda *a, **k: None,
+    )  # fmt: skip
+    assert out[-1].startswith("Segmented 1 image(s) with Candidates.")
     assert len(out) == 6 and all(Path(f).is_file() for f in out[1:5])
