@@ -131,10 +131,10 @@ class SamOnnxDecoder(nn.Module):
             h_in, w_in = int(resized[0].item()), int(resized[1].item())
             h, w = int(size[0].item()), int(size[1].item())
             # Bounds torch.export cannot infer from data-dependent values.
-            torch._check(0 < h_in <= self.img_size)
-            torch._check(0 < w_in <= self.img_size)
-            torch._check(h > 0)
-            torch._check(w > 0)
+            for value in (h_in, w_in, h, w):
+                torch._check(value > 0)
+            torch._check(h_in <= self.img_size)
+            torch._check(w_in <= self.img_size)
         masks = masks[..., :h_in, :w_in]
         return F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
 

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import inspect
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,8 @@ def export_decoder_onnx(
     except ExportError:
         raise
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:
-        message = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # the exporter colours its messages
+        message = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"{dst}: ONNX export failed ({type(e).__name__}: {message})") from None
     finally:
         module.train(was_training)
