@@ -157,7 +157,9 @@ def export_decoder_onnx(
         use_stability_score=use_stability_score,
         return_extra_metrics=return_extra_metrics,
     ).eval()
-    args = example_inputs(module)
+    # The graph is device-agnostic; the trace runs where the model is.
+    device = next(module.parameters()).device
+    args = tuple(a.to(device) for a in example_inputs(module))
     names = output_names(return_extra_metrics)
     try:
         with atomic_path(dst) as tmp:
@@ -166,9 +168,9 @@ def export_decoder_onnx(
             else:
                 _export_dynamo(wrapper, args, tmp, int(opset), names)
             onnx.checker.check_model(str(tmp))
-    except ExportError:
+    except InputError:  # ours: already one line (an unwritable output path, ...)
         raise
-    except (RuntimeError, ValueError, TypeError, AssertionError) as e:
+    except Exception as e:  # the exporter and the checker raise many types, with long texts
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # the exporter colours its messages
         message = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"{dst}: ONNX export failed ({type(e).__name__}: {message})") from None
