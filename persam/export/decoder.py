@@ -166,7 +166,9 @@ class SamOnnxDecoder(nn.Module):
         dense = self.embed_mask(mask_input, has_mask_input)
         low_res, scores = self.mask_decoder.predict_masks(
             image_embeddings=image_embeddings,
-            image_pe=self.image_pe,
+            # Expanded to the input's batch so that the tracer records an operation, not one
+            # constant copy of the [4096, C] encoding per attention layer in the file.
+            image_pe=self.image_pe.expand(image_embeddings.shape[0], -1, -1, -1),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
         )
