@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``persam --help`` lists them.
-_COMMANDS = ("segment", "everything", "learn", "track", "eval", "weights", "info")
+_COMMANDS = ("segment", "everything", "learn", "track", "eval", "export", "weights", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -247,4 +247,13 @@ def test_cli_lists_only_shipped_commands() -> None:
     from persam.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert list(sub.choices) == ["segment", "everything", "learn", "track", "eval", "weights", "info"]
+    assert list(sub.choices) == [
+        "segment",
+        "everything",
+        "learn",
+        "track",
+        "eval",
+        "export-onnx",
+        "weights",
+        "info",
+    ]
