@@ -78,6 +78,7 @@ class MemoryEngine:
         self.decoder_trace = decoder_trace
         self.image_size = int(model.image_size)
         self._mem_pos: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._dense_pe: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -99,6 +100,12 @@ class MemoryEngine:
         return FrameFeatures(high_res=fpn[:-1], vision=fpn[-1], vision_pos=pos[-1])
 
     # ------------------------------------------------------------------ SAM heads
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's ``[1, C, h, w]`` dense position encoding (a constant: computed once)."""
+        if self._dense_pe is None:
+            self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
+        return self._dense_pe
+
     def _use_multimask(self, is_init_cond_frame: bool, points: PointPrompt | None) -> bool:
         m = self.model
         num_pts = 0 if points is None else points.labels.shape[1]
@@ -137,7 +144,7 @@ class MemoryEngine:
         sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_inputs)
         dec = m.sam_mask_decoder(
             pix_feat,
-            m.sam_prompt_encoder.get_dense_pe(),
+            self.dense_pe(),
             sparse,
             dense,
             multimask_output=multimask_output,
@@ -288,10 +295,11 @@ class MemoryEngine:
             mask = (high_res_masks > 0).float()
         else:
             mask = torch.sigmoid(high_res_masks)
+        # In place: the mask is a new full-resolution tensor.
         if m.sigmoid_scale_for_mem_enc != 1.0:
-            mask = mask * m.sigmoid_scale_for_mem_enc
+            mask.mul_(m.sigmoid_scale_for_mem_enc)
         if m.sigmoid_bias_for_mem_enc != 0.0:
-            mask = mask + m.sigmoid_bias_for_mem_enc
+            mask.add_(m.sigmoid_bias_for_mem_enc)
         feats, _ = m.memory_encoder(features.vision, mask, skip_mask_sigmoid=True)
         if m.no_obj_embed_spatial is not None:
             absent = 1 - (object_score_logits > 0).float()
