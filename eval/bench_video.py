@@ -28,6 +28,13 @@ is the process CPU time per frame. With ``--repeats`` the runs are interleaved (
 ...) and the medians reported. For SAM 2 the last frame's mask logits of both sides are compared
 (``max |Δ|``). Print the machine's load with the numbers: on a shared CPU only ratios of
 interleaved runs mean something.
+
+Measured on a busy 2-core AMD EPYC (AVX2, 1 thread, load 2-9), tiny model at ``--image-size 256``,
+1 object: peak memory above the baseline 40 / 41 / 38 MiB for 100 / 300 / 1,000 frames (the
+official predictor, which holds every decoded frame and output: 141 / 270 / 910 MiB), CPU per frame
+47-61 ms against 54-56 ms. At ``--image-size 512``, 40 frames, medians of 3 interleaved runs: 1
+object 153 vs 152 CPU ms per frame, 3 objects 261 vs 277 (the first memory-attention layer's
+self-attention is shared by the objects); last-frame logits within 1e-7.
 """
 
 from __future__ import annotations
