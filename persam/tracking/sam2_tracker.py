@@ -143,6 +143,11 @@ class Sam2Tracker:
         scores: dict[int, float | None] = {int(i): float(p) for i, p in zip(obj_ids, prob, strict=True)}
         return FrameResult.from_label_map(index, tracked.label_map(), self._ids, scores, image=frame)
 
+    def state_size(self) -> dict[str, int]:
+        """What the session holds, summed over objects (see
+        :meth:`~persam.tracking.sam2.VideoSession.state_size`); empty before :meth:`initialize`."""
+        return {} if self._session is None else self._session.state_size()
+
     def close(self) -> None:
         """Releases the session's state."""
         if self._session is not None:

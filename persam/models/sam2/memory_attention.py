@@ -68,7 +68,13 @@ class MemoryAttentionLayer(nn.Module):
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout_p, self.training) if self.dropout_p > 0 else x
 
-    def forward(
+    def self_block(self, tgt: torch.Tensor, query_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """The self-attention sub-layer: ``tgt [B, HW, C]`` -> ``tgt + SA(norm1 tgt)``."""
+        x = self.norm1(tgt)
+        q = x + query_pos if self.pos_enc_at_attn else x
+        return tgt + self._drop(self.self_attn(q, q, x))
+
+    def memory_block(
         self,
         tgt: torch.Tensor,
         memory: torch.Tensor,
@@ -76,11 +82,7 @@ class MemoryAttentionLayer(nn.Module):
         query_pos: torch.Tensor | None = None,
         num_k_exclude_rope: int = 0,
     ) -> torch.Tensor:
-        """``tgt [B, HW, C]``, ``memory [B, M, Cm]`` (+ PEs of the same shapes) -> ``[B, HW, C]``."""
-        x = self.norm1(tgt)
-        q = x + query_pos if self.pos_enc_at_attn else x
-        tgt = tgt + self._drop(self.self_attn(q, q, x))
-
+        """The cross-attention and MLP sub-layers (the part that reads the memory)."""
         x = self.norm2(tgt)
         x = self.cross_attn_image(
             x + query_pos if self.pos_enc_at_cross_attn_queries else x,
@@ -93,6 +95,18 @@ class MemoryAttentionLayer(nn.Module):
         x = self.norm3(tgt)
         x = self.linear2(self._drop(_ACTIVATIONS[self.activation](self.linear1(x))))
         return tgt + self._drop(x)
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+        num_k_exclude_rope: int = 0,
+    ) -> torch.Tensor:
+        """``tgt [B, HW, C]``, ``memory [B, M, Cm]`` (+ PEs of the same shapes) -> ``[B, HW, C]``."""
+        tgt = self.self_block(tgt, query_pos)
+        return self.memory_block(tgt, memory, pos, query_pos, num_k_exclude_rope)
 
 
 class MemoryAttention(nn.Module):
@@ -128,6 +142,15 @@ class MemoryAttention(nn.Module):
         """Builds from the official ``model.memory_attention`` tree (``_target_`` entries ignored)."""
         return cls(**_settings(cfg))
 
+    def frame_prefix(self, curr: torch.Tensor, curr_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, HW, C]``: the current frame's tokens through the input PE and the first layer's
+        self-attention, the part of :meth:`forward` that does not read the memory (the same for
+        every object tracked on a frame, so a tracker can compute it once per frame)."""
+        out = curr
+        if self.pos_enc_at_input and curr_pos is not None:
+            out = out + 0.1 * curr_pos
+        return self.layers[0].self_block(out, curr_pos)
+
     def forward(
         self,
         curr: torch.Tensor,
@@ -135,6 +158,7 @@ class MemoryAttention(nn.Module):
         curr_pos: torch.Tensor | None = None,
         memory_pos: torch.Tensor | None = None,
         num_obj_ptr_tokens: int = 0,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Conditions the current frame on the memory.
 
@@ -144,17 +168,21 @@ class MemoryAttention(nn.Module):
                 ``num_obj_ptr_tokens`` object-pointer tokens (which are not rotated).
             curr_pos: ``[B, HW, C]`` sine PE of the current frame (added ×0.1 at the input).
             memory_pos: ``[B, M, Cm]`` PE of the memory (added to the cross-attention keys).
+            prefix: ``[B, HW, C]`` or ``[1, HW, C]``, :meth:`frame_prefix` of ``curr`` when already
+                computed (``curr`` is then not read again).
 
         Returns:
             ``[B, HW, C]``.
         """
-        if curr.shape[0] != memory.shape[0]:
-            raise ValueError("MemoryAttention: curr and memory must have the same batch size")
-        out = curr
-        if self.pos_enc_at_input and curr_pos is not None:
-            out = out + 0.1 * curr_pos
-        for layer in self.layers:
-            out = layer(
+        if prefix is None:
+            if curr.shape[0] != memory.shape[0]:
+                raise ValueError("MemoryAttention: curr and memory must have the same batch size")
+            prefix = self.frame_prefix(curr, curr_pos)
+        out = prefix.expand(memory.shape[0], -1, -1) if prefix.shape[0] != memory.shape[0] else prefix
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                out = layer.self_block(out, curr_pos)
+            out = layer.memory_block(
                 out, memory, pos=memory_pos, query_pos=curr_pos, num_k_exclude_rope=num_obj_ptr_tokens
             )
         return self.norm(out)

@@ -36,6 +36,15 @@ def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
 
 
+def rotate_(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """In-place :func:`rotate` of a float32 ``x`` (no new tensor); other dtypes are rotated out of
+    place. Returns the rotated tensor."""
+    if x.dtype != torch.float32 or x.stride(-1) != 1 or any(s % 2 for s in x.stride()[:-1]):
+        return rotate(x, freqs)
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(freqs)
+    return x
+
+
 class RoPEAttention(nn.Module):
     """Multi-head attention with axial RoPE on queries and keys (no additive PE inside).
 
@@ -73,12 +82,16 @@ class RoPEAttention(nn.Module):
         self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
         # A constant, not a buffer: checkpoints do not hold it and meta-device builds stay valid.
-        self._freqs: dict[tuple[int, str], torch.Tensor] = {}
+        self._freqs: dict[tuple[int, str, int], torch.Tensor] = {}
 
-    def freqs_for(self, num_tokens: int, device: torch.device) -> torch.Tensor:
-        """Rotation table for a square map of ``num_tokens`` tokens (cached per size and device)."""
-        key = (num_tokens, str(device))
+    def freqs_for(self, num_tokens: int, device: torch.device, repeat: int = 1) -> torch.Tensor:
+        """Rotation table for a square map of ``num_tokens`` tokens, ``repeat`` times over (``repeat``
+        memory frames); cached per size, repeat and device."""
+        key = (num_tokens, str(device), repeat)
         table = self._freqs.get(key)
+        if table is None and repeat > 1:
+            table = self.freqs_for(num_tokens, device).repeat(repeat, 1)
+            self._freqs[key] = table
         if table is None:
             side_x, side_y = self.feat_sizes
             if side_x * side_y != num_tokens:
@@ -105,19 +118,19 @@ class RoPEAttention(nn.Module):
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
 
-        freqs = self.freqs_for(q.shape[-2], q.device)
-        q = rotate(q, freqs)
+        # q and k are fresh projections: rotated in place.
+        q = rotate_(q, self.freqs_for(q.shape[-2], q.device))
         num_rope = k.shape[-2] - num_k_exclude_rope
         if num_rope > 0:
-            k_freqs = freqs
-            if num_rope != q.shape[-2]:
-                if not self.rope_k_repeat or num_rope % q.shape[-2] != 0:
-                    raise ValueError(
-                        f"RoPEAttention: {num_rope} rotated keys for {q.shape[-2]} queries "
-                        "(needs rope_k_repeat and a whole number of maps)"
-                    )
-                k_freqs = freqs.repeat(num_rope // q.shape[-2], 1)
-            k = torch.cat([rotate(k[:, :, :num_rope], k_freqs), k[:, :, num_rope:]], dim=2)
+            if num_rope != q.shape[-2] and (not self.rope_k_repeat or num_rope % q.shape[-2] != 0):
+                raise ValueError(
+                    f"RoPEAttention: {num_rope} rotated keys for {q.shape[-2]} queries "
+                    "(needs rope_k_repeat and a whole number of maps)"
+                )
+            k_freqs = self.freqs_for(q.shape[-2], q.device, num_rope // q.shape[-2])
+            rotated = rotate_(k[:, :, :num_rope], k_freqs)
+            if rotated.data_ptr() != k.data_ptr():
+                k = torch.cat([rotated, k[:, :, num_rope:]], dim=2)
 
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
         b, h, n, c = out.shape

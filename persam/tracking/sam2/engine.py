@@ -33,11 +33,14 @@ class FrameFeatures:
             the decoder's ``conv_s0`` / ``conv_s1`` (empty without high-res features).
         vision: ``[1, C, 64, 64]`` raw stride-16 features.
         vision_pos: ``[1, C, 64, 64]`` their sine position encoding.
+        memory_prefix: ``[1, 64 * 64, C]`` the frame's tokens through the memory attention's first
+            self-attention (it does not read the memory: computed once per frame, on first use).
     """
 
     high_res: list[torch.Tensor]
     vision: torch.Tensor
     vision_pos: torch.Tensor
+    memory_prefix: torch.Tensor | None = None
 
 
 @dataclass
@@ -75,6 +78,7 @@ class MemoryEngine:
         self.decoder_trace = decoder_trace
         self.image_size = int(model.image_size)
         self._mem_pos: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._dense_pe: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -96,6 +100,12 @@ class MemoryEngine:
         return FrameFeatures(high_res=fpn[:-1], vision=fpn[-1], vision_pos=pos[-1])
 
     # ------------------------------------------------------------------ SAM heads
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's ``[1, C, h, w]`` dense position encoding (a constant: computed once)."""
+        if self._dense_pe is None:
+            self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
+        return self._dense_pe
+
     def _use_multimask(self, is_init_cond_frame: bool, points: PointPrompt | None) -> bool:
         m = self.model
         num_pts = 0 if points is None else points.labels.shape[1]
@@ -134,7 +144,7 @@ class MemoryEngine:
         sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_inputs)
         dec = m.sam_mask_decoder(
             pix_feat,
-            m.sam_prompt_encoder.get_dense_pe(),
+            self.dense_pe(),
             sparse,
             dense,
             multimask_output=multimask_output,
@@ -158,18 +168,20 @@ class MemoryEngine:
             # A hard decision, also for the memory: an absent object has no pixel at all.
             low_multi = torch.where(present[:, None, None], low_multi, NO_OBJ_SCORE)
         low_multi = low_multi.float()
-        high_multi = F.interpolate(
-            low_multi, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-        )
         token = dec.sam_tokens_out[:, 0]
         if multimask_output:
             best = torch.argmax(dec.iou_predictions, dim=-1)
             rows = torch.arange(low_multi.shape[0], device=dev)
-            low, high = low_multi[rows, best][:, None], high_multi[rows, best][:, None]
+            low = low_multi[rows, best][:, None]
             if dec.sam_tokens_out.shape[1] > 1:
                 token = dec.sam_tokens_out[rows, best]
         else:
-            low, high = low_multi, high_multi
+            low = low_multi
+        # Only the selected mask is brought to the input resolution (the interpolation is per
+        # channel, so this equals selecting among the up-sampled candidates).
+        high = F.interpolate(
+            low, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
         obj_ptr = m.obj_ptr_proj(token)
         if m.pred_obj_scores:
             weight = torch.sigmoid(scores) if m.soft_no_obj_ptr else present.float()
@@ -242,12 +254,17 @@ class MemoryEngine:
                 num_frames=num_frames,
                 reverse=reverse,
             )
+        curr = vision.flatten(2).transpose(1, 2)
+        curr_pos = features.vision_pos.flatten(2).transpose(1, 2)
+        if features.memory_prefix is None:
+            features.memory_prefix = m.memory_attention.frame_prefix(curr, curr_pos)
         out = m.memory_attention(
-            curr=vision.flatten(2).transpose(1, 2),
+            curr=curr,
             memory=memory,
-            curr_pos=features.vision_pos.flatten(2).transpose(1, 2),
+            curr_pos=curr_pos,
             memory_pos=memory_pos,
             num_obj_ptr_tokens=num_ptr_tokens,
+            prefix=features.memory_prefix,
         )
         return out.transpose(1, 2).reshape(b, c, h, w)
 
@@ -278,10 +295,11 @@ class MemoryEngine:
             mask = (high_res_masks > 0).float()
         else:
             mask = torch.sigmoid(high_res_masks)
+        # In place: the mask is a new full-resolution tensor.
         if m.sigmoid_scale_for_mem_enc != 1.0:
-            mask = mask * m.sigmoid_scale_for_mem_enc
+            mask.mul_(m.sigmoid_scale_for_mem_enc)
         if m.sigmoid_bias_for_mem_enc != 0.0:
-            mask = mask + m.sigmoid_bias_for_mem_enc
+            mask.add_(m.sigmoid_bias_for_mem_enc)
         feats, _ = m.memory_encoder(features.vision, mask, skip_mask_sigmoid=True)
         if m.no_obj_embed_spatial is not None:
             absent = 1 - (object_score_logits > 0).float()

@@ -26,13 +26,24 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
 
+def _normalisation_table() -> np.ndarray:
+    """``float32 [3, 256]``: the normalised value of every byte per channel, computed with the
+    loader's float32 operations (``v / 255``, then ``- mean``, ``/ std``), so that a look-up gives
+    the same numbers as the arithmetic on every pixel."""
+    v = torch.arange(256, dtype=torch.float32) / 255.0
+    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None]
+    std = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None]
+    return ((v[None] - mean) / std).numpy()
+
+
+_TABLE = _normalisation_table()
+
+
 def preprocess_frame(frame: np.ndarray, image_size: int) -> torch.Tensor:
     """``uint8 [H, W, 3]`` RGB -> ``[1, 3, S, S]`` float32, exactly as the official video loader."""
     resized = np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BICUBIC))
-    x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).float()
-    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None, None]
-    return ((x - mean) / std)[None]
+    out = np.stack([_TABLE[c][resized[..., c]] for c in range(3)])
+    return torch.from_numpy(out)[None]
 
 
 VideoInput = FrameSource | str | os.PathLike | np.ndarray | Sequence[np.ndarray] | Iterable[np.ndarray]

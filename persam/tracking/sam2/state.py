@@ -104,14 +104,19 @@ class ObjectState:
                     del prompts[t]
 
     def counts(self) -> dict[str, int]:
-        """Stored items, for checking that the state stays bounded."""
+        """Stored items (and ``bytes``: the size of the stored tensors), for checking that the state
+        stays bounded."""
         outs = [
             *self.cond.values(),
             *self.non_cond.values(),
             *self.temp_cond.values(),
             *self.temp_non_cond.values(),
         ]
+        tensors = [
+            t for o in outs for t in (o.pred_masks, o.obj_ptr, o.object_score_logits, o.maskmem_features)
+        ]
         return {
+            "bytes": sum(t.numel() * t.element_size() for t in tensors if t is not None),
             "cond_frames": len(self.cond),
             "non_cond_frames": len(self.non_cond),
             "memories": sum(o.maskmem_features is not None for o in outs),
