@@ -10,6 +10,7 @@ as a whole.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import sys
@@ -226,6 +227,12 @@ class ArraySource(FrameSource):
         n = len(frames) if isinstance(frames, (np.ndarray, Sequence)) else None
         self._frames = frames
         self.info = VideoInfo("<arrays>", n, fps, None, None, "arrays")
+        if n is None and iter(frames) is frames:
+            # A one-shot stream cannot be read twice: its first frame is taken now (for the frame
+            # size) and handed out again as the first of the frames.
+            first = next(frames, None)
+            if first is not None:
+                self._frames = itertools.chain([self._check(0, np.asarray(first))], frames)
 
     def frames(self, start: int = 0, stride: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         _check_range(self.info, start, stride)

@@ -116,3 +116,13 @@ def test_each_tracked_object_is_a_concept_learned_like_learn(scene):
         )  # fmt: skip
         assert np.array_equal(again.target_feat.numpy(), obj.concept.target_feat.numpy())
     assert model.encoder_calls == 1  # every object learned from one encoding of the first frame
+
+
+def test_a_one_shot_stream_of_frames_loses_no_frame(scene, tmp_path):
+    """A generator can be read once: every frame of it is tracked and written, the first too."""
+    frames, labels = scene
+    summary = track_to_folder(ColourBackbone(), (f for f in frames), labels[0], tmp_path / "gen")
+    assert summary.frames == 5
+    expected = list(track(ColourBackbone(), frames, labels[0]))
+    for i, r in enumerate(expected):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "gen" / f"{i:05d}.png")), r.label_map)
