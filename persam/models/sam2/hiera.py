@@ -85,16 +85,23 @@ def window_unpartition(
 
 def max_pool_hw(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     """``nn.MaxPool2d(stride, stride)`` on a channels-last ``[B, H, W, C]`` map (trailing rows /
-    columns that do not fill a cell are dropped), without leaving the channels-last layout."""
+    columns that do not fill a cell are dropped), without leaving the channels-last layout: an
+    element-wise maximum of the strided sub-grids, vectorised along the channels."""
     sh, sw = stride
     h, w = x.shape[1] // sh, x.shape[2] // sw
-    x = x[:, : h * sh, : w * sw]
-    return x.unflatten(2, (w, sw)).unflatten(1, (h, sh)).amax(dim=(2, 4))
+    out = None
+    for i in range(sh):
+        for j in range(sw):
+            part = x[:, i : h * sh : sh, j : w * sw : sw]
+            out = part.contiguous() if out is None else torch.maximum(out, part, out=out)
+    return out
 
 
 def pool_hw(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
     """Applies a 2-D pooling to a channels-last ``[B, H, W, C]`` map."""
-    if isinstance(pool, nn.MaxPool2d) and _plain_stride(pool) is not None:
+    if not x.is_contiguous() and isinstance(pool, nn.MaxPool2d) and _plain_stride(pool) is not None:
+        # A strided map (queries sliced out of the qkv projection): gathering the sub-grids costs
+        # less than the copy the pooling kernel would make first.
         return max_pool_hw(x, _plain_stride(pool))
     return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
@@ -221,10 +228,13 @@ class MultiScaleBlock(nn.Module):
             xc = x[:, i0 * ws : (i0 + rows) * ws]
             normed = self.norm1(xc)
             shortcut = self._shortcut(xc, normed)
-            qkv = self.attn.qkv(normed)
-            # Padding tokens would be zeros after norm1, i.e. the qkv bias after the projection:
-            # the projection skips them and the partition writes the bias instead.
-            windows, (hp, wp) = partition_filled(qkv, ws, self.attn.qkv.bias)
+            if xc.shape[1] % ws or w % ws:
+                # Padding tokens would be zeros after norm1, i.e. the qkv bias after the
+                # projection: the projection skips them and the partition writes the bias.
+                windows, (hp, wp) = partition_filled(self.attn.qkv(normed), ws, self.attn.qkv.bias)
+            else:  # no padding: partition the narrower normalised map
+                windows, (hp, wp) = partition_filled(normed, ws, None)
+                windows = self.attn.qkv(windows)
             attn = self.attn.attend(windows)
             hs, w_s = shortcut.shape[1:3]
             if self.q_stride:
