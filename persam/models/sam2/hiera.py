@@ -25,10 +25,17 @@ from persam.models.mask_decoder import MLP
 LAYER_NORM_EPS = 1e-6
 
 
-#: Tokens per chunk of a block's token-wise work: the intermediates of a chunk (LayerNorm, MLP
-#: hidden layer, attention windows) stay small enough for the caches and for the allocator to
-#: recycle, instead of streaming full-map temporaries through memory.
+#: Tokens per chunk of a block's token-wise work with one thread: the intermediates of a chunk
+#: (LayerNorm, MLP hidden layer, attention windows) stay small enough for the caches and for the
+#: allocator to recycle, instead of streaming full-map temporaries through memory.
 CHUNK_TOKENS = 4096
+
+
+def chunk_tokens() -> int:
+    """:data:`CHUNK_TOKENS` scaled by the square of the intra-op thread count: every operation of
+    a chunk is split among the threads, whose fork / join costs more the more threads must meet,
+    so more threads need fewer, larger chunks."""
+    return CHUNK_TOKENS * torch.get_num_threads() ** 2
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -222,7 +229,7 @@ class MultiScaleBlock(nn.Module):
         out_ws = ws // sh
         n_rows = -(-h // ws)
         # Chunks of whole window rows; with query pooling only where the windows pool like the map.
-        rows = max(1, CHUNK_TOKENS // (b * ws * w)) if ws % sh == 0 else n_rows
+        rows = max(1, chunk_tokens() // (b * ws * w)) if ws % sh == 0 else n_rows
         out = None
         for i0 in range(0, n_rows, rows):
             xc = x[:, i0 * ws : (i0 + rows) * ws]
@@ -258,7 +265,7 @@ class MultiScaleBlock(nn.Module):
         b, h, w, c = shortcut.shape
         q, k, v, _ = self.attn.split(self.attn.qkv(normed))
         shortcut = shortcut.reshape(b, h * w, c)
-        step = max(1, CHUNK_TOKENS // b)
+        step = max(1, chunk_tokens() // b)
         if step >= h * w:
             attn = F.scaled_dot_product_attention(q, k, v)
             attn = self.attn.proj(attn.transpose(1, 2).flatten(2))
