@@ -10,10 +10,13 @@ CUDA. Latencies are medians over ``--repeats`` runs after ``--warmup`` runs of
 projections) and of one decoder call (one positive point, 3 masks). ``tiny`` is the small random
 test model (:func:`persam.models.sam2.tiny_sam2_config`).
 
-``--reference`` adds, for float32, the official ``sam2`` package's ``SAM2ImagePredictor.set_image``
-with the same weights (our state dict loads into it unchanged) and the largest difference of the
-image embeddings; it is skipped when ``sam2`` (and its hydra dependency) is not importable — it is
-never a dependency of persam.
+``--reference`` adds, for float32, a side-by-side with the official ``sam2`` package's
+``SAM2ImagePredictor`` with the same weights (our state dict loads into it unchanged): the full
+image path of both (``set_image`` + one ``predict``, one positive point, 3 masks), timed
+interleaved (alternating which goes first) over ``--repeats`` rounds, their ratio, and the largest
+differences of the image embeddings and of the low-res logits. It is skipped, with a line saying
+why, when ``import sam2`` (or its hydra / torchvision dependencies) fails, and for ``tiny`` (the
+package has no config for it); ``sam2`` is never a dependency of persam.
 """
 
 from __future__ import annotations
@@ -55,21 +58,58 @@ def _timed(fn, device: str, warmup: int, repeats: int) -> float:
 
 
 def _reference(model, image, device: str, warmup: int, repeats: int, ours) -> dict:
-    """The official predictor with our weights: set_image time and max |embedding difference|."""
+    """The official predictor with our weights, side by side with ``ours`` on the full image path
+    (``set_image`` + one ``predict``): median ms of both, timed interleaved, and max |differences|."""
+    import numpy as np
+    import torch
+
     try:
+        import sam2  # noqa: F401
         from sam2.build_sam import build_sam2
         from sam2.sam2_image_predictor import SAM2ImagePredictor
-    except Exception as e:  # not installed, or hydra / torchvision missing
-        return {"reference": f"skipped ({type(e).__name__}: {e})".splitlines()[0]}
+    except Exception as e:  # not installed, or hydra / torchvision missing or broken
+        return {"reference": f"skipped: import sam2 failed ({type(e).__name__}: {e})".splitlines()[0]}
     # Built from the package's own config (with its builder's defaults); the weights are ours.
     folder = "sam2.1" if model.startswith("sam2.1") else "sam2"
     official = build_sam2(f"configs/{folder}/{model}.yaml", ckpt_path=None, device=device)
     official.load_state_dict(ours.model.state_dict(), strict=True)
     official.eval()
     predictor = SAM2ImagePredictor(official)
-    ms = _timed(lambda: predictor.set_image(image), device, warmup, repeats)
-    diff = (predictor._features["image_embed"].float() - ours.features).abs().max().item()
-    return {"reference_encoder_ms": ms, "reference_max_abs_diff": diff}
+    h, w = image.shape[:2]
+    coords, labels = np.array([[w / 2, h / 2]]), np.array([1])
+
+    def run_ours():
+        ours.reset_image()  # the same image again would reuse its embedding
+        ours.set_image(image)
+        return ours.predict(point_coords=coords, point_labels=labels, multimask_output=True)
+
+    def run_official():
+        predictor.set_image(image)
+        return predictor.predict(point_coords=coords, point_labels=labels, multimask_output=True)
+
+    for _ in range(warmup):
+        run_ours(), run_official()
+    times: dict[str, list[float]] = {"ours": [], "official": []}
+    last = {}
+    for i in range(repeats):
+        order = [("ours", run_ours), ("official", run_official)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            _sync(device)
+            t = time.perf_counter()
+            last[name] = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    ours_ms = 1000 * statistics.median(times["ours"])
+    official_ms = 1000 * statistics.median(times["official"])
+    emb = (predictor._features["image_embed"].float().cpu() - ours.features.cpu()).abs().max().item()
+    low_res = torch.as_tensor(np.asarray(last["official"][2])) - torch.as_tensor(last["ours"][2]).cpu()
+    return {
+        "full_path_ms": ours_ms,
+        "reference_full_path_ms": official_ms,
+        "reference_ratio": official_ms / ours_ms,
+        "reference_max_abs_diff": emb,
+        "reference_max_abs_diff_low_res": low_res.abs().max().item(),
+    }
 
 
 def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threads: int | None, ref: bool):
@@ -113,8 +153,11 @@ def worker(model: str, dtype: str, device: str, repeats: int, warmup: int, threa
         "peak_kind": peak_kind,
         "threads": torch.get_num_threads(),
     }
-    if ref and dtype == "float32" and model != "tiny":
-        row.update(_reference(model, image, device, warmup, repeats, backbone))
+    if ref and dtype == "float32":
+        if model == "tiny":
+            row["reference"] = "skipped: the sam2 package has no config for the tiny test model"
+        else:
+            row.update(_reference(model, image, device, warmup, repeats, backbone))
     return row
 
 
@@ -146,19 +189,24 @@ def _run_isolated(args: argparse.Namespace, model: str, dtype: str) -> dict:
 def _table(rows: list[dict]) -> str:
     head = (
         f"{'model':<16} {'dtype':<9} {'enc params M':>12} {'encoder ms':>11} {'decoder ms':>11} "
-        f"{'peak MiB':>9} {'official ms':>12} {'max |d emb|':>12}"
+        f"{'peak MiB':>9}"
     )
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             out.append(f"{r['model']:<16} {r['dtype']:<9} unavailable ({r['error']})")
             continue
-        ref_ms = f"{r['reference_encoder_ms']:>12.1f}" if "reference_encoder_ms" in r else f"{'-':>12}"
-        ref_d = f"{r['reference_max_abs_diff']:>12.2e}" if "reference_max_abs_diff" in r else f"{'-':>12}"
         out.append(
             f"{r['model']:<16} {r['dtype']:<9} {r['encoder_params_m']:>12.1f} {r['encoder_ms']:>11.1f} "
-            f"{r['decoder_ms']:>11.2f} {r['peak_mib']:>9.0f} {ref_ms} {ref_d}"
+            f"{r['decoder_ms']:>11.2f} {r['peak_mib']:>9.0f}"
         )
+        if "reference_full_path_ms" in r:
+            out.append(
+                f"{'':<16} set_image + predict: ours {r['full_path_ms']:.1f} ms, official "
+                f"{r['reference_full_path_ms']:.1f} ms (official / ours {r['reference_ratio']:.2f}x); "
+                f"max |d| embedding {r['reference_max_abs_diff']:.2e}, "
+                f"low-res logits {r['reference_max_abs_diff_low_res']:.2e}"
+            )
         if "reference" in r:
             out.append(f"{'':<16} official predictor: {r['reference']}")
     return "\n".join(out)
@@ -172,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--reference", action="store_true", help="also time the official sam2 predictor")
+    p.add_argument(
+        "--reference", action="store_true", help="side-by-side with the official sam2 image predictor"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line per row instead of a table")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

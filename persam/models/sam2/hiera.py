@@ -25,17 +25,53 @@ from persam.models.mask_decoder import MLP
 LAYER_NORM_EPS = 1e-6
 
 
+#: Tokens per chunk of a block's token-wise work with one thread: the intermediates of a chunk
+#: (LayerNorm, MLP hidden layer, attention windows) stay small enough for the caches and for the
+#: allocator to recycle, instead of streaming full-map temporaries through memory.
+CHUNK_TOKENS = 4096
+
+
+def chunk_tokens() -> int:
+    """:data:`CHUNK_TOKENS` scaled by the square of the intra-op thread count: every operation of
+    a chunk is split among the threads, whose fork / join costs more the more threads must meet,
+    so more threads need fewer, larger chunks."""
+    return CHUNK_TOKENS * torch.get_num_threads() ** 2
+
+
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """``[B, H, W, C]`` -> windows ``[B * nW, ws, ws, C]`` and the padded size ``(Hp, Wp)``; the map
     is zero-padded at the bottom / right to a multiple of ``window_size``."""
+    return partition_filled(x, window_size, None)
+
+
+def partition_filled(
+    x: torch.Tensor, window_size: int, fill: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`window_partition` with the padding filled by ``fill`` (``[C]``, zeros when None), in
+    a single copy (no padded intermediate map)."""
     b, h, w, c = x.shape
-    pad_h = (window_size - h % window_size) % window_size
-    pad_w = (window_size - w % window_size) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
+    ws = window_size
+    nh, nw = -(-h // ws), -(-w // ws)
+    if h % ws == 0 and w % ws == 0:
+        windows = x.unflatten(2, (nw, ws)).unflatten(1, (nh, ws)).transpose(2, 3)
+        return windows.reshape(-1, ws, ws, c), (h, w)
+    out = x.new_empty(b, nh, nw, ws, ws, c)
+    if fill is None:
+        out.zero_()
+    else:
+        out.copy_(fill.to(out.dtype).expand_as(out))
+    grid = out.transpose(2, 3)  # [B, nh, ws, nw, ws, C]: map rows / columns split by window
+    fh, fw = h // ws, w // ws  # full window rows / columns
+    rh, rw = h - fh * ws, w - fw * ws  # rows / columns of the partial last window
+    if fh and fw:
+        grid[:, :fh, :, :fw] = x[:, : fh * ws, : fw * ws].unflatten(2, (fw, ws)).unflatten(1, (fh, ws))
+    if fh and rw:
+        grid[:, :fh, :, fw, :rw] = x[:, : fh * ws, fw * ws :].unflatten(1, (fh, ws))
+    if rh and fw:
+        grid[:, fh, :rh, :fw] = x[:, fh * ws :, : fw * ws].unflatten(2, (fw, ws))
+    if rh and rw:
+        grid[:, fh, :rh, fw, :rw] = x[:, fh * ws :, fw * ws :]
+    return out.reshape(-1, ws, ws, c), (nh * ws, nw * ws)
 
 
 def window_unpartition(
@@ -46,15 +82,42 @@ def window_unpartition(
     h, w = hw
     b = windows.shape[0] // (hp * wp // window_size // window_size)
     x = windows.reshape(b, hp // window_size, wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5)
     if hp > h or wp > w:
-        x = x[:, :h, :w, :]
-    return x
+        # Crop before the copy, so that the padding is never written.
+        x = x.reshape(b, hp, wp // window_size, window_size, -1)[:, :h].reshape(b, h, wp, -1)
+        return x[:, :, :w].contiguous()
+    return x.reshape(b, hp, wp, -1)
+
+
+def max_pool_hw(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """``nn.MaxPool2d(stride, stride)`` on a channels-last ``[B, H, W, C]`` map (trailing rows /
+    columns that do not fill a cell are dropped), without leaving the channels-last layout: an
+    element-wise maximum of the strided sub-grids, vectorised along the channels."""
+    sh, sw = stride
+    h, w = x.shape[1] // sh, x.shape[2] // sw
+    out = None
+    for i in range(sh):
+        for j in range(sw):
+            part = x[:, i : h * sh : sh, j : w * sw : sw]
+            out = part.contiguous() if out is None else torch.maximum(out, part, out=out)
+    return out
 
 
 def pool_hw(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
     """Applies a 2-D pooling to a channels-last ``[B, H, W, C]`` map."""
+    if not x.is_contiguous() and isinstance(pool, nn.MaxPool2d) and _plain_stride(pool) is not None:
+        # A strided map (queries sliced out of the qkv projection): gathering the sub-grids costs
+        # less than the copy the pooling kernel would make first.
+        return max_pool_hw(x, _plain_stride(pool))
     return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _plain_stride(pool: nn.MaxPool2d) -> tuple[int, int] | None:
+    """The stride of a max-pool whose cells tile the map (kernel = stride, no padding / dilation)."""
+    k, s = nn.modules.utils._pair(pool.kernel_size), nn.modules.utils._pair(pool.stride)
+    plain = k == s and nn.modules.utils._pair(pool.padding) == (0, 0) and not pool.ceil_mode
+    return s if plain and nn.modules.utils._pair(pool.dilation) == (1, 1) else None
 
 
 class PatchEmbed(nn.Module):
@@ -85,21 +148,33 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H', W', dim_out]`` (``H' = H / stride`` with query pooling)."""
-        b, h, w, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).unbind(2)
+        return self.proj(self.attend(self.qkv(x)))
+
+    def split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, H, W, 3 * dim_out]`` -> ``q`` ``[B, heads, H' * W', d]`` (pooled), ``k``, ``v``
+        ``[B, heads, H * W, d]`` (strided views where possible), and ``(H', W')``."""
+        b, h, w, _ = qkv.shape
+        q, k, v = qkv.reshape(b, h * w, 3, self.num_heads, -1).unbind(2)
         if self.q_pool is not None:
             q = pool_hw(q.reshape(b, h, w, -1), self.q_pool)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), (h, w)
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Attention before the output projection: ``[B, H, W, 3 * dim_out]`` -> ``[B, H', W', dim_out]``."""
+        q, k, v, (h, w) = self.split(qkv)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(qkv.shape[0], h, w, -1)
 
 
 class MultiScaleBlock(nn.Module):
     """Pre-norm transformer block (windowed or global attention, GELU MLP) with optional query pooling.
 
     When the width changes, the shortcut is the projection of the *normalised* input, pooled like
-    the queries.
+    the queries. Everything but the attention is token-wise, so the block runs in chunks of
+    window rows (windowed) or of query rows (global) of about :data:`CHUNK_TOKENS` tokens; the
+    arithmetic of every token is the same as over the whole map.
     """
 
     def __init__(
@@ -128,27 +203,84 @@ class MultiScaleBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H', W', dim_out]``."""
-        shortcut = x
-        x = self.norm1(x)
-        if self.dim != self.dim_out:
-            shortcut = self.proj(x)
-            if self.pool is not None:
-                shortcut = pool_hw(shortcut, self.pool)
+        if self.window_size > 0:
+            return self._forward_windowed(x)
+        return self._forward_global(x)
 
-        window_size = self.window_size
-        if window_size > 0:
-            x, padded_hw = window_partition(x, window_size)
-        x = self.attn(x)
-        if window_size > 0:
-            h, w = shortcut.shape[1:3]
+    def _shortcut(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        if self.dim == self.dim_out:
+            return x
+        shortcut = self.proj(normed)
+        return shortcut if self.pool is None else pool_hw(shortcut, self.pool)
+
+    def _finish(self, shortcut: torch.Tensor, attn: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """Residual, then the MLP half of the block, written into ``out`` (a slice of the output
+        map, allocated by the caller from the first chunk) when given."""
+        x = shortcut + attn
+        y = self.mlp(self.norm2(x))
+        if out is None or out.dtype != torch.result_type(x, y):
+            return x + y
+        return torch.add(x, y, out=out)
+
+    def _forward_windowed(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        ws = self.window_size
+        sh = self.q_stride[0] if self.q_stride else 1
+        out_ws = ws // sh
+        n_rows = -(-h // ws)
+        # Chunks of whole window rows; with query pooling only where the windows pool like the map.
+        rows = max(1, chunk_tokens() // (b * ws * w)) if ws % sh == 0 else n_rows
+        out = None
+        for i0 in range(0, n_rows, rows):
+            xc = x[:, i0 * ws : (i0 + rows) * ws]
+            normed = self.norm1(xc)
+            shortcut = self._shortcut(xc, normed)
+            if xc.shape[1] % ws or w % ws:
+                # Padding tokens would be zeros after norm1, i.e. the qkv bias after the
+                # projection: the projection skips them and the partition writes the bias.
+                windows, (hp, wp) = partition_filled(self.attn.qkv(normed), ws, self.attn.qkv.bias)
+            else:  # no padding: partition the narrower normalised map
+                windows, (hp, wp) = partition_filled(normed, ws, None)
+                windows = self.attn.qkv(windows)
+            attn = self.attn.attend(windows)
+            hs, w_s = shortcut.shape[1:3]
             if self.q_stride:
                 # The pooled windows are smaller by the stride; the map is re-tiled at that size.
-                window_size //= self.q_stride[0]
-                padded_hw = (h + (-h) % window_size, w + (-w) % window_size)
-            x = window_unpartition(x, window_size, padded_hw, (h, w))
+                hp, wp = hs + (-hs) % out_ws, w_s + (-w_s) % out_ws
+            attn = self.attn.proj(window_unpartition(attn, out_ws, (hp, wp), (hs, w_s)))
+            if rows >= n_rows:
+                return self._finish(shortcut, attn, None)
+            r0 = i0 * ws // sh
+            if out is None:
+                size = (b, (h // sh) if self.q_stride else h, w_s, attn.shape[-1])
+                out = attn.new_empty(size, dtype=torch.result_type(shortcut, attn))
+            res = self._finish(shortcut, attn, out[:, r0 : r0 + hs])
+            if res.data_ptr() != out[:, r0 : r0 + hs].data_ptr():
+                out[:, r0 : r0 + hs] = res
+        return out
 
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+    def _forward_global(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm1(x)
+        shortcut = self._shortcut(x, normed)
+        b, h, w, c = shortcut.shape
+        q, k, v, _ = self.attn.split(self.attn.qkv(normed))
+        shortcut = shortcut.reshape(b, h * w, c)
+        step = max(1, chunk_tokens() // b)
+        if step >= h * w:
+            attn = F.scaled_dot_product_attention(q, k, v)
+            attn = self.attn.proj(attn.transpose(1, 2).flatten(2))
+            return self._finish(shortcut, attn, None).reshape(b, h, w, -1)
+        out = None
+        for j in range(0, h * w, step):
+            attn = F.scaled_dot_product_attention(q[:, :, j : j + step], k, v)
+            attn = self.attn.proj(attn.transpose(1, 2).flatten(2))
+            sc = shortcut[:, j : j + step]
+            if out is None:
+                out = attn.new_empty((b, h * w, attn.shape[-1]), dtype=torch.result_type(sc, attn))
+            res = self._finish(sc, attn, out[:, j : j + step])
+            if res.data_ptr() != out[:, j : j + step].data_ptr():
+                out[:, j : j + step] = res
+        return out.reshape(b, h, w, -1)
 
 
 class Hiera(nn.Module):
@@ -200,6 +332,7 @@ class Hiera(nn.Module):
             torch.zeros(1, embed_dim, self.window_spec[0], self.window_spec[0])
         )
         self.patch_embed = PatchEmbed(embed_dim=embed_dim)
+        self._pos_cache: dict[tuple, tuple[tuple, torch.Tensor]] = {}
 
         blocks = []
         stage = 0
@@ -229,7 +362,25 @@ class Hiera(nn.Module):
         self.channel_list = [self.blocks[i].dim_out for i in ends]
 
     def _pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
-        """``[1, h, w, C]``: the background table resized bicubically plus the tiled window table."""
+        """``[1, h, w, C]``: the background table resized bicubically plus the tiled window table.
+
+        It depends on the weights and the grid size only, so it is kept per size, device and dtype
+        until the tables change (in-place updates bump their versions); it is recomputed on every
+        call while the tables are being trained.
+        """
+        tables = (self.pos_embed, self.pos_embed_window)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
+            return self._compute_pos_embed(hw)
+        key = (tuple(hw), self.pos_embed.device, self.pos_embed.dtype)
+        stamp = tuple((t.data_ptr(), t._version) for t in tables)
+        hit = self._pos_cache.get(key)
+        if hit is None or hit[0] != stamp:
+            with torch.no_grad():
+                hit = (stamp, self._compute_pos_embed(hw).contiguous())
+            self._pos_cache[key] = hit
+        return hit[1]
+
+    def _compute_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
         pos = F.interpolate(self.pos_embed, size=hw, mode="bicubic")
         win = self.pos_embed_window
         pos = pos + win.tile([p // q for p, q in zip(pos.shape, win.shape, strict=True)])
@@ -238,7 +389,8 @@ class Hiera(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B, 3, S, S]`` -> stage outputs ``[B, C_i, h_i, w_i]``, highest resolution first."""
         x = self.patch_embed(x)
-        x = x + self._pos_embed(x.shape[1:3])
+        # Table first: the sum takes its channels-last layout, which every block works in.
+        x = self._pos_embed(x.shape[1:3]) + x
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x)

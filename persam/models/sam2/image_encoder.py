@@ -7,6 +7,7 @@ level is computed (it feeds the top-down path into stride 16) and then dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -47,9 +48,22 @@ class Sam2ImageEncoder(nn.Module):
         self.neck = neck
         self.scalp = scalp
 
-    def forward(self, x: torch.Tensor, *, with_pos_enc: bool = True) -> Sam2EncoderOutput:
-        """``[B, 3, S, S]`` normalised images -> :class:`Sam2EncoderOutput` (finest level first)."""
-        features, pos = self.neck(self.trunk(x), with_pos_enc=with_pos_enc)
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        with_pos_enc: bool = True,
+        level_proj: Sequence[nn.Module | None] | None = None,
+    ) -> Sam2EncoderOutput:
+        """``[B, 3, S, S]`` normalised images -> :class:`Sam2EncoderOutput` (finest level first).
+
+        ``level_proj``: optional per-level output projections, finest first (see ``FpnNeck``).
+        """
+        trunk_out = self.trunk(x)
+        if level_proj is None:
+            features, pos = self.neck(trunk_out, with_pos_enc=with_pos_enc)
+        else:
+            features, pos = self.neck(trunk_out, with_pos_enc=with_pos_enc, level_proj=level_proj)
         if self.scalp > 0:
             features, pos = features[: -self.scalp], pos[: -self.scalp]
         return Sam2EncoderOutput(list(features), list(pos))

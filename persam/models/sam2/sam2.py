@@ -183,12 +183,11 @@ class Sam2(nn.Module):
         so that prompt decoding does not redo it; the last level is the raw stride-16 feature map
         ``[B, d, S/16, S/16]`` (without ``no_mem_embed``).
         """
-        out = self.image_encoder(x, with_pos_enc=with_pos_enc)
-        fpn = list(out.backbone_fpn)
-        if self.use_high_res_features_in_sam:
-            fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
-            fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
-        return Sam2EncoderOutput(fpn, list(out.vision_pos_enc))
+        if not self.use_high_res_features_in_sam:
+            return self.image_encoder(x, with_pos_enc=with_pos_enc)
+        # The encoder applies the projections itself (folded into its lateral convolutions).
+        proj = (self.sam_mask_decoder.conv_s0, self.sam_mask_decoder.conv_s1)
+        return self.image_encoder(x, with_pos_enc=with_pos_enc, level_proj=proj)
 
     def image_embedding(self, vision_features: torch.Tensor) -> torch.Tensor:
         """The decoder's image embedding for a frame without memory: the stride-16 features plus
