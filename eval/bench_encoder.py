@@ -2,6 +2,10 @@
 
     python eval/bench_encoder.py --models sam_vit_b mobile_sam_vit_t efficient_sam_vit_t \\
         efficient_sam_vit_s --device cpu --dtypes float32 bfloat16 --repeats 3
+    python eval/bench_encoder.py --models sam2.1_hiera_t sam2.1_hiera_s sam2.1_hiera_b+ sam2.1_hiera_l
+
+Any registry name is accepted (the SAM 2 sizes included; ``eval/bench_sam2.py`` adds the side by
+side with the official SAM 2 image predictor).
 
 Each (model, dtype) runs in a fresh subprocess so that its peak memory is its own: peak resident
 memory above the interpreter + torch baseline on the CPU, ``torch.cuda.max_memory_allocated`` on
