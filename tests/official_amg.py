@@ -105,3 +105,54 @@ _OFFICIAL_MODULES = (
     "segment_anything.utils.amg",
     "segment_anything.utils.transforms",
 )
+
+
+def official_sam(
+    modeling,
+    *,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_ratio: float,
+    global_attn: list[int],
+    mask_in_chans: int,
+    decoder_mlp_dim: int,
+    **sam_options,
+):
+    """An official ``segment_anything`` ``Sam`` of a small size (ViT encoder, two-way decoder),
+    built from the package's own ``modeling`` modules; load a state dict into it to compare."""
+    from functools import partial
+
+    m = modeling
+    return m.Sam(
+        image_encoder=m.ImageEncoderViT(
+            depth=depth,
+            embed_dim=dim,
+            img_size=1024,
+            mlp_ratio=mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=heads,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=global_attn,
+            window_size=14,
+            out_chans=dim,
+        ),
+        prompt_encoder=m.PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(64, 64),
+            input_image_size=(1024, 1024),
+            mask_in_chans=mask_in_chans,
+        ),
+        mask_decoder=m.MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=m.TwoWayTransformer(
+                depth=2, embedding_dim=dim, mlp_dim=decoder_mlp_dim, num_heads=heads
+            ),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=dim,
+        ),
+        **sam_options,
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-from functools import partial
 
 import cv2
 import numpy as np
@@ -29,7 +28,7 @@ import pytest
 import torch
 from disk_sam import disk_backbone, disk_modules
 from helpers import fixture_dir, load_fixture
-from official_amg import install_torchvision_stand_in
+from official_amg import install_torchvision_stand_in, official_sam
 
 from persam.backbones.sam import SamBackbone
 from persam.everything import generate_masks
@@ -163,35 +162,10 @@ def test_tiny_sam_with_shared_modules_matches_official(official, tiny_sam):
 
 def test_tiny_sam_matches_fully_official_model(official, tiny_sam):
     image = load_fixture("sam", "tiny_vectors.pt")["images"][3]["image"].numpy()
-    m = official.modeling
-    ref = m.Sam(
-        image_encoder=m.ImageEncoderViT(
-            depth=4,
-            embed_dim=64,
-            img_size=1024,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=4,
-            patch_size=16,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=[1, 3],
-            window_size=14,
-            out_chans=64,
-        ),
-        prompt_encoder=m.PromptEncoder(
-            embed_dim=64, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
-        ),
-        mask_decoder=m.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=m.TwoWayTransformer(depth=2, embedding_dim=64, mlp_dim=128, num_heads=4),
-            transformer_dim=64,
-            iou_head_depth=3,
-            iou_head_hidden_dim=64,
-        ),
-        pixel_mean=PIXEL_MEAN,
-        pixel_std=PIXEL_STD,
-    )
+    ref = official_sam(
+        official.modeling, dim=64, depth=4, heads=4, mlp_ratio=4, global_attn=[1, 3], mask_in_chans=16,
+        decoder_mlp_dim=128, pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD,
+    )  # fmt: skip
     ref.load_state_dict(tiny_sam.state_dict(), strict=True)
     theirs = official.SamAutomaticMaskGenerator(ref.eval(), **TINY_OPTIONS).generate(image)
     ours = [

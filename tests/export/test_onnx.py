@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from official_amg import install_torchvision_stand_in
+from official_amg import official_sam as official_sam_of_size
 
 from persam.everything.postprocess import stability_scores
 from persam.export import export_decoder_onnx
@@ -201,33 +201,10 @@ def test_stability_score_replaces_iou(exported, backbones):
 def official_sam(official, state_dict):
     """The official ``Sam`` with the modules of ``tiny_random_sam`` (the image encoder is unused
     by the decoder but part of the state dict)."""
-    m = official.modeling
-    sam = m.Sam(
-        image_encoder=m.ImageEncoderViT(
-            depth=2,
-            embed_dim=32,
-            img_size=1024,
-            mlp_ratio=2.0,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2,
-            patch_size=16,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=[1],
-            window_size=14,
-            out_chans=32,
-        ),
-        prompt_encoder=m.PromptEncoder(
-            embed_dim=32, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=8
-        ),
-        mask_decoder=m.MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=m.TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=2),
-            transformer_dim=32,
-            iou_head_depth=3,
-            iou_head_hidden_dim=32,
-        ),
-    )
+    sam = official_sam_of_size(
+        official.modeling, dim=32, depth=2, heads=2, mlp_ratio=2.0, global_attn=[1], mask_in_chans=8,
+        decoder_mlp_dim=64,
+    )  # fmt: skip
     sam.load_state_dict(state_dict, strict=True)
     return sam.eval()
 
