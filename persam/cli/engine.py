@@ -148,7 +148,11 @@ def track_with_ray(args: argparse.Namespace, prog: str) -> int:
                 masks_in = [Path(m) for m in args.mask if "://" not in str(m)]
                 check_not_input(Path(overlay), {"VIDEO": local, "--mask": masks_in}, "--overlay")
         if len(videos) == 1:
-            masks = [] if photos is not None else [str(m) for m in args.mask] or [str(_default(default_mask, videos[0]))]
+            masks = (
+                []
+                if photos is not None
+                else [str(m) for m in args.mask] or [str(_default(default_mask, videos[0]))]
+            )
             jobs = [VideoJob(video=videos[0], masks=tuple(masks), out=str(args.output), overlay=overlay)]
         else:
             masks = (

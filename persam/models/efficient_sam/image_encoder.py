@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from persam.models.common import LayerNorm2d
+from persam.models.common import LayerNorm2d, act_inplace
 
 # The ViT was pre-trained at 224 pixels; its position table keeps that grid plus a cls entry.
 PRETRAIN_IMG_SIZE = 224
@@ -58,7 +58,7 @@ class ViTMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(act_inplace(self.act, self.fc1(x)))
 
 
 class ViTBlock(nn.Module):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from persam.models.common import is_tracing
 from persam.models.tiny_vit.layers import ConvBN, Mlp, _drop_path_or_identity
 
 
@@ -64,7 +65,7 @@ class Attention(nn.Module):
         Without autograd the gathered table is kept and reused until ``attention_biases`` or the
         index table change (tracked by their version counters and storage), as every window of
         every image shares it."""
-        if torch.is_grad_enabled() and self.attention_biases.requires_grad:
+        if (torch.is_grad_enabled() and self.attention_biases.requires_grad) or is_tracing():
             return self.attention_biases[:, self.attention_bias_idxs]
         key = (
             self.attention_biases._version,

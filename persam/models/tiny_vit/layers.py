@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from persam.models.common import act_inplace, is_tracing
+
 
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training.
@@ -110,7 +112,8 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        conv1, act, conv2 = self.seq
+        return conv2(act_inplace(act, conv1(x)))
 
 
 class MBConv(nn.Module):
@@ -132,10 +135,12 @@ class MBConv(nn.Module):
         self.drop_path = _drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act1(self.conv1(x))
-        y = self.act2(self.conv2(y))
-        y = self.conv3(y)
-        return self.act3(x + self.drop_path(y))
+        y = act_inplace(self.act1, self.conv1(x))
+        y = act_inplace(self.act2, self.conv2(y))
+        y = self.drop_path(self.conv3(y))
+        if (torch.is_grad_enabled() and y.requires_grad) or is_tracing():
+            return self.act3(x + y)
+        return act_inplace(self.act3, y.add_(x))
 
 
 class PatchMerging(nn.Module):
@@ -152,8 +157,8 @@ class PatchMerging(nn.Module):
         self.conv3 = ConvBN(out_dim, out_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
+        x = act_inplace(self.act, self.conv1(x))
+        x = act_inplace(self.act, self.conv2(x))
         return self.conv3(x)
 
 
@@ -169,5 +174,5 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.fc1(self.norm(x))))
+        x = self.drop(act_inplace(self.act, self.fc1(self.norm(x))))
         return self.drop(self.fc2(x))
