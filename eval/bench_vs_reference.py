@@ -6,8 +6,9 @@
 ``--reference`` is a folder holding an unpacked ``segment_anything`` package (it is not a
 dependency of persam and is never imported from the environment). Only its ``modeling`` sub-package
 is loaded, straight from the files, so torchvision is not needed. Both encoders get the same random
-weights; the script checks that their embeddings agree, then prints median latencies for float32
-and bfloat16 autocast and the speed-ups over the reference in float32.
+weights; the script checks that their embeddings agree, then times float32 and bfloat16 autocast
+(``--dtypes``) in interleaved rounds, printing each round as it ends, and the medians with the
+speed-ups over the reference in the first precision.
 """
 
 from __future__ import annotations
@@ -61,14 +62,10 @@ def reference_encoder(modeling, ours: torch.nn.Module) -> torch.nn.Module:
     return ref.eval()
 
 
-def _time(fn, repeats: int, warmup: int) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        t = time.perf_counter()
-        fn()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+        help="precisions to time (bfloat16 is slow on a CPU that emulates it; default both)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,24 +94,42 @@ def main(argv: list[str] | None = None) -> int:
                 p.normal_(0, 0.2)
     ref = reference_encoder(load_reference_modeling(args.reference), ours)
     x = torch.randn(1, 3, ours.img_size, ours.img_size)
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    configs = [
+        (label, enc, dtype) for dtype in dtypes for label, enc in (("reference", ref), ("persam", ours))
+    ]
 
+    def runner(enc, dtype):
+        def run():
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                enc(x)
+
+        return run
+
+    threads = torch.get_num_threads()
+    times: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     with torch.inference_mode():
         diff = (ours(x) - ref(x)).abs().max().item()
-        rows = []
-        for label, enc in (("reference", ref), ("persam", ours)):
-            for dtype in (torch.float32, torch.bfloat16):
+        print(
+            f"{args.model} image encoder, CPU, {threads} thread(s); max |ours - reference| {diff:.2e}",
+            flush=True,
+        )
+        # Interleaved rounds, each printed as it ends: a change of load slows every configuration alike,
+        # and a long run shows where it is.
+        for r in range(args.warmup + args.repeats):
+            line = []
+            for i, (label, enc, dtype) in enumerate(configs):
+                t = _seconds(runner(enc, dtype))
+                if r >= args.warmup:
+                    times[i].append(t)
+                line.append(f"{label} {str(dtype).removeprefix('torch.')} {t:.2f} s")
+            kind = "warm-up" if r < args.warmup else f"round {r - args.warmup + 1}/{args.repeats}"
+            print(f"{kind}: " + ", ".join(line), flush=True)
 
-                def run(enc=enc, dtype=dtype):
-                    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-                        enc(x)
-
-                rows.append((label, dtype, _time(run, args.repeats, args.warmup)))
-
-    base = rows[0][2]
-    threads = torch.get_num_threads()
-    print(f"{args.model} image encoder, CPU, {threads} thread(s); max |ours - reference| {diff:.2e}")
-    print(f"{'implementation':15} {'dtype':9} {'median s':>9} {'vs reference fp32':>18}")
-    for label, dtype, t in rows:
+    medians = [statistics.median(times[i]) for i in range(len(configs))]
+    base = medians[0]
+    print(f"{'implementation':15} {'dtype':9} {'median s':>9} {'vs reference ' + args.dtypes[0]:>18}")
+    for (label, _, dtype), t in zip(configs, medians, strict=True):
         print(f"{label:15} {str(dtype).removeprefix('torch.'):9} {t:9.2f} {base / t:17.2f}x")
     return 0
 
