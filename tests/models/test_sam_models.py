@@ -99,10 +99,11 @@ def test_pixel_statistics_are_constant_buffers(small_model):
 
 
 # ------------------------------------------------------------------ building blocks
-@pytest.mark.parametrize("mask_budget", [None, 100])
+@pytest.mark.parametrize("mask_budget", [None, 100, 300])
 def test_encoder_attention_equals_explicit_relative_position_formula(monkeypatch, mask_budget):
     """The fused attention equals softmax(q*s k^T + q.Rh[row] + q.Rw[col]) v written out in full,
-    also when the bias is built for a few queries at a time."""
+    also when the bias is built for a few queries at a time (into one reused buffer; with budget
+    300 the last block of queries is shorter than the others)."""
     if mask_budget is not None:
         monkeypatch.setattr(image_encoder, "_MASK_BUDGET", mask_budget)
     torch.manual_seed(0)
@@ -125,6 +126,24 @@ def test_encoder_attention_equals_explicit_relative_position_formula(monkeypatch
         out = torch.softmax(logits + bias, -1) @ v
         expected = attn.proj(out.permute(0, 2, 1, 3).reshape(b, h, w, c))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_chunked_relative_position_attention_is_the_same_under_autograd(monkeypatch):
+    """Under autograd the blocks of queries get fresh masks (no shared buffer): same output, and
+    gradients reach the relative-position tables."""
+    monkeypatch.setattr(image_encoder, "_MASK_BUDGET", 300)
+    torch.manual_seed(0)
+    attn = EncoderAttention(16, num_heads=2, use_rel_pos=True, input_size=(5, 7))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 0.5)
+        attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, 5, 7, 16)
+    with torch.no_grad():
+        expected = attn(x)
+    got = attn(x)
+    torch.testing.assert_close(got.detach(), expected, atol=1e-6, rtol=0)
+    got.square().sum().backward()
+    assert attn.rel_pos_h.grad.abs().sum() > 0 and attn.rel_pos_w.grad.abs().sum() > 0
 
 
 def test_get_rel_pos_offsets():
