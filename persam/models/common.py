@@ -14,6 +14,12 @@ def is_tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
+def may_overwrite(x: torch.Tensor) -> bool:
+    """Whether an in-place op on ``x`` (a tensor the caller has just made) is safe: autograd
+    does not need it and no graph is being traced."""
+    return not ((torch.is_grad_enabled() and x.requires_grad) or is_tracing())
+
+
 def act_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``act(x)`` written over ``x`` for a GELU or ReLU when nothing is recorded for autograd or
     a trace; any other activation, or with autograd, out of place. Same values either way.
@@ -23,7 +29,7 @@ def act_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     from the kernel (page faults, zero-filling on first touch), which costs about as much as the
     activation itself.
     """
-    if (torch.is_grad_enabled() and x.requires_grad) or is_tracing():
+    if not may_overwrite(x):
         return act(x)
     if type(act) is nn.GELU:
         return torch.ops.aten.gelu_(x, approximate=act.approximate)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from persam.models.common import LayerNorm2d, MLPBlock, is_tracing
+from persam.models.common import LayerNorm2d, MLPBlock, may_overwrite
 
 
 class PatchEmbed(nn.Module):
@@ -143,7 +143,7 @@ class Attention(nn.Module):
         # Every block of queries reuses one mask buffer: a fresh one of this size (up to 128 MB)
         # is new memory from the kernel each time, page faults and zero-filling included (sharing
         # it made the SAM ViT-B encoder 1.06x faster on a 2-core CPU, same output bit for bit).
-        reuse = step < n and not (torch.is_grad_enabled() and rel_h.requires_grad) and not is_tracing()
+        reuse = step < n and may_overwrite(rel_h)
         buffer = rel_h.new_empty((b, heads, step, h, w)) if reuse else None
         outs = []
         for s in range(0, n, step):

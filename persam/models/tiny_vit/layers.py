@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from persam.models.common import act_inplace, is_tracing
+from persam.models.common import act_inplace, may_overwrite
 
 
 class DropPath(nn.Module):
@@ -138,9 +138,8 @@ class MBConv(nn.Module):
         y = act_inplace(self.act1, self.conv1(x))
         y = act_inplace(self.act2, self.conv2(y))
         y = self.drop_path(self.conv3(y))
-        if (torch.is_grad_enabled() and y.requires_grad) or is_tracing():
-            return self.act3(x + y)
-        return act_inplace(self.act3, y.add_(x))
+        y = y.add_(x) if may_overwrite(y) else x + y
+        return act_inplace(self.act3, y)
 
 
 class PatchMerging(nn.Module):
