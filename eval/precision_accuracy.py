@@ -6,11 +6,15 @@ low-res logit difference, mask IoU, and the encoder time relative to float32.
     python eval/precision_accuracy.py --models sam_vit_b --checkpoint auto --images a.jpg b.jpg
 
 Without ``--models`` it runs the tiny golden SAM model (its 4 images and 10 prompt sets per image,
-when the fixtures ``../shared/fixtures/sam`` are beside the checkout) and the small random MobileSAM
-and EfficientSAM models. Without ``--images`` it uses the fixture images, else synthetic ones. With
-random weights (``--checkpoint none``, the default for registry names) the numbers are a proxy of
-numerical fidelity, not of segmentation quality on real weights: pass ``--checkpoint auto`` (or a
+when the fixtures ``../shared/fixtures/sam`` are beside the checkout) and the small random MobileSAM,
+EfficientSAM and SAM 2 models. Without ``--images`` it uses the fixture images, else synthetic ones.
+With random weights (``--checkpoint none``, the default for registry names) the numbers are a proxy
+of numerical fidelity, not of segmentation quality on real weights: pass ``--checkpoint auto`` (or a
 path) and real photos for that. Only the image encoder changes precision; the decoder stays float32.
+
+Each model also gets an ``f32 +-1`` row, its noise floor: float32 on the image moved by +-1 grey
+level. Random weights leave many logits near the mask threshold, so masks change under such a
+perturbation too, and an IoU against float32 means little below that floor.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from persam.io import load_image
 from persam.registry import build_model
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "sam"
-SMALL_MODELS = ["tiny_random_mobile_sam", "tiny_random_efficient_sam"]
+SMALL_MODELS = ["tiny_random_mobile_sam", "tiny_random_efficient_sam", "tiny_random_sam2"]
+FLOOR = "f32 +-1"
 
 
 def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,8 +119,19 @@ def _encode_seconds(model, image: np.ndarray) -> float:
     return time.perf_counter() - t
 
 
+def _jittered(image: np.ndarray) -> np.ndarray:
+    """``image`` with every value moved by -1, 0 or +1 grey level (fixed seed)."""
+    step = np.random.default_rng(0).integers(-1, 2, image.shape)
+    return np.clip(image.astype(np.int16) + step, 0, 255).astype(np.uint8)
+
+
 def compare(model_name: str, checkpoint: str | None, cases, dtypes: list[str], device: str, repeats: int):
-    """Prints one row per (dtype, image) and a summary row per dtype; returns the summaries."""
+    """Prints one row per (dtype, image) and a summary row per dtype; returns the summaries.
+
+    The ``f32 +-1`` rows are the noise floor: float32 on the image moved by +-1 grey level. With
+    random weights the logits sit close to the mask threshold, so masks flip at such changes too;
+    a precision whose IoU is near that floor is as close to float32 as the proxy can tell.
+    """
     torch.manual_seed(0)
     ref = build_model(model_name, checkpoint=checkpoint, device=device, dtype="float32")
     others = {d: build_model(model_name, checkpoint=checkpoint, device=device, dtype=d) for d in dtypes}
@@ -128,12 +144,13 @@ def compare(model_name: str, checkpoint: str | None, cases, dtypes: list[str], d
         for d, m in others.items():
             times[d].append(_encode_seconds(m, image0))
     t32 = statistics.median(times["float32"])
+    others[FLOOR] = build_model(model_name, checkpoint=checkpoint, device=device, dtype="float32")
     summaries = []
     for dtype, low in others.items():
         cosines, ious_all = [], []
         for name, image, prompts in cases:
             ref.set_image(image)
-            low.set_image(image)
+            low.set_image(_jittered(image) if dtype == FLOOR else image)
             cos = torch.nn.functional.cosine_similarity(
                 ref.features.flatten().double(), low.features.flatten().double(), dim=0
             ).item()
@@ -152,7 +169,7 @@ def compare(model_name: str, checkpoint: str | None, cases, dtypes: list[str], d
                 f"{ref.name[:22]:22} {dtype:9} {name[:22]:22} {cos:11.6f} {dmax:12.3e} "
                 f"{min(ious):9.4f} {statistics.mean(ious):7.4f}"
             )
-        speed = t32 / statistics.median(times[dtype])
+        speed = t32 / statistics.median(times[dtype]) if dtype in times else float("nan")
         summaries.append((ref.name, dtype, min(cosines), min(ious_all), statistics.mean(ious_all), speed))
     return summaries
 
@@ -198,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'model':22} {'dtype':9} {'cosine min':>11} {'IoU min':>9} {'IoU mean':>9} {'speed vs f32':>13}")
     for name, dtype, cos, iou_min, iou_mean, speed in summaries:
-        print(f"{name[:22]:22} {dtype:9} {cos:11.6f} {iou_min:9.4f} {iou_mean:9.4f} {speed:12.2f}x")
+        timing = "-" if speed != speed else f"{speed:.2f}x"  # NaN: the floor is not timed
+        print(f"{name[:22]:22} {dtype:9} {cos:11.6f} {iou_min:9.4f} {iou_mean:9.4f} {timing:>13}")
     return 0
 
 
