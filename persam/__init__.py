@@ -26,6 +26,7 @@ _EXPORTS = {
     "track": "persam.pipelines.video",
     "Masks": "persam.results",
     "InputError": "persam.errors",
+    "tune_cpu_allocator": "persam.allocator",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

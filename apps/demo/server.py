@@ -22,6 +22,7 @@ from apps.demo.settings import (
     parse_args,
 )
 from apps.demo.workdir import cleanup_on_sigterm
+from persam import tune_cpu_allocator
 
 
 def build_app(
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m apps.demo``: serve until stopped; the work folder is removed on exit or SIGTERM."""
     launch = launch_settings(parse_args(argv))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tune_cpu_allocator()
     engine = DemoEngine(ModelCache(random_model=launch.random_model), work_dir=launch.work_dir)
     cleanup_on_sigterm(engine.work)
     m = launch.model

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from persam.allocator import tune_cpu_allocator
+
 # Sub-command modules, in the order ``persam --help`` lists them.
 _COMMANDS = ("segment", "everything", "learn", "track", "eval", "export", "weights", "info")
 
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

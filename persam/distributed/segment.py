@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from persam.allocator import tune_cpu_allocator
 from persam.distributed.cluster import RayOptions, actor_pool_args, import_ray, ray_session
 from persam.distributed.storage import Destination, Source, list_sources
 from persam.errors import InputError
@@ -117,6 +118,7 @@ class SegmentActor:
 
         from persam.registry import build_model
 
+        tune_cpu_allocator()
         torch.set_num_threads(threads)
         backbone = build_model(model, checkpoint=checkpoint, device=device, dtype=dtype)
         with tempfile.TemporaryDirectory(prefix="persam-concept-") as tmp:

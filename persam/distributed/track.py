@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from persam.allocator import tune_cpu_allocator
 from persam.distributed.cluster import RayOptions, actor_pool_args, import_ray, ray_session
 from persam.distributed.segment import concept_bytes, model_spec
 from persam.distributed.storage import Destination, exists, fetch, is_uri, join_uri, split_uri
@@ -125,6 +126,7 @@ class TrackActor:
         from persam.registry import build_model
         from persam.tracking import Redetector
 
+        tune_cpu_allocator()
         torch.set_num_threads(threads)
         self.model = build_model(model, checkpoint=checkpoint, device=device, dtype=dtype)
         self.options = dict(options)

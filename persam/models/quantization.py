@@ -10,8 +10,10 @@ dynamic-activation / int8-weight configuration, run on the kernels that are fast
 a float32 GEMM on the CPU).
 
 Why per token. The tokens of one image differ in range by an order of magnitude (on the tiny random
-models, the largest of a layer's per-token maxima is 5-10x their median). One scale per tensor, which ``torch.ao.quantization.quantize_dynamic`` uses,
-spends the 7 bits the AVX2 kernels allow on the largest token and leaves a few levels to the rest.
+models, the largest of a layer's per-token maxima is 5-10x their median). One scale per tensor,
+which ``torch.ao.quantization.quantize_dynamic`` uses, spends the 7 bits the AVX2 kernels allow on
+the largest token and leaves a few levels to the rest.
+
 Embedding cosine to float32, random weights, lowest of the 4 fixture images (ViT-B: one image):
 
 =====================  ==========  =========
