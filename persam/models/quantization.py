@@ -83,8 +83,8 @@ class Int8Linear(nn.Module):
         """``[..., in]`` float32 -> ``[..., out]`` float32."""
         # Each token scaled to [-1, 1] before the kernel's per-tensor quantization is per-token
         # quantization; a token of zeros (window padding) stays zeros.
-        scale = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_())
-        scale = scale.clamp_min_(torch.finfo(torch.float32).tiny)
+        scale = torch.maximum(x.amax(-1, keepdim=True), -x.amin(-1, keepdim=True))
+        scale = scale.clamp_min(torch.finfo(torch.float32).tiny)
         # reduce_range: 7-bit activations, so that the AVX2 kernels' 16-bit pair sums never saturate.
         y = torch.ops.quantized.linear_dynamic(x / scale, self._packed, reduce_range=True)
         if self.bias is None:
