@@ -29,6 +29,7 @@ def _info(args: argparse.Namespace) -> int:
     for line in _device_lines(torch):
         print(f"  {line}")
     print(f"dtype    {_auto_dtype_line()}")
+    print(f"malloc   {_allocator_line()}")
     print(f"models   {_models_line()}")
     for line in _weights_lines():
         print(line)
@@ -56,6 +57,14 @@ def _device_lines(torch: ModuleType) -> list[str]:
 def _cuda_hint(torch: ModuleType) -> str:
     # A CPU-only wheel cannot see a GPU no matter what the machine has.
     return " (CPU-only torch build)" if torch.version.cuda is None else ""
+
+
+def _allocator_line() -> str:
+    from persam.allocator import ENV_VAR, tune_cpu_allocator
+
+    if tune_cpu_allocator():
+        return f"large freed blocks kept for reuse (glibc; {ENV_VAR}=system turns it off)"
+    return "the system's default"
 
 
 def _models_line() -> str:

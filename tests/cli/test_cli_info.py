@@ -19,6 +19,19 @@ def test_info_prints_versions_and_devices(capsys, monkeypatch, tmp_path):
     assert "models" in out
 
 
+def test_info_says_whether_the_allocator_is_tuned(capsys, monkeypatch, tmp_path):
+    from persam import allocator
+
+    monkeypatch.setenv("PERSAM_HOME", str(tmp_path))
+    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: False)
+    assert main(["info"]) == 0
+    assert "malloc   the system's default\n" in capsys.readouterr().out
+    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: True)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "malloc   large freed blocks kept for reuse (glibc; PERSAM_MALLOC=system" in out
+
+
 def test_info_reports_cached_checkpoints(capsys, monkeypatch, tmp_path):
     from persam import weights
 
