@@ -1,10 +1,12 @@
 """Tracking from a photo: PerSAM finds the objects of personalised concepts on a video's frames,
 and the first frame where every object is found gives the tracker its first mask.
 
-A concept counts as found on a frame when its PerSAM mask is non-empty and its predicted IoU
-reaches ``find_threshold``. Tracking needs all objects at once (a tracker is initialised with
-every object on one frame), so frames are searched in order until all concepts are found on the
-same frame; the frames before it have no object.
+A concept counts as found on a frame when its predicted IoU reaches ``find_threshold`` and its
+PerSAM mask covers part of an embedding cell (a mask of a few pixels whose drawing vanishes at
+the embedding's resolution gives the tracker nothing to learn the object from). Tracking needs
+all objects at once (a tracker is initialised with every object on one frame), so frames are
+searched in order until all concepts are found on the same frame; the frames before it have no
+object.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from persam.backbones.base import Backbone
 from persam.errors import InputError
 from persam.personalize import Concept, segment_concepts
+from persam.personalize.reference import best_covered_cells
 from persam.readers import FirstMask, load_first_mask
 from persam.tracking import FrameResult
 
@@ -48,9 +51,14 @@ def find_objects(
     ``k + 1``), or None unless every concept is found there."""
     with torch.no_grad():
         results = segment_concepts(model, frame, list(concepts), score_threshold=find_threshold)
-    if not all(r.found and bool(np.asarray(r.mask).any()) for r in results):
+    masks = [np.asarray(r.mask, bool) for r in results]
+    usable = [
+        r.found and m.any() and bool(best_covered_cells(model, m).any())
+        for r, m in zip(results, masks, strict=True)
+    ]
+    if not all(usable):
         return None
-    return load_first_mask([np.asarray(r.mask, bool) for r in results])
+    return load_first_mask(masks)
 
 
 def empty_result(index: int, frame: np.ndarray, object_ids: list[int]) -> FrameResult:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from persam.backbones.base import Backbone
-from persam.errors import InputError
+from persam.errors import InputError, MaskTooSmallError
 from persam.methods import method_spec
 from persam.personalize import Concept, learn_on_current_image
 from persam.personalize.boxes import expand_box, mask_box
@@ -159,10 +159,12 @@ class PerSAMTracker:
             )
         self._size = (h, w)
         self.model.set_image(frame)
-        self.objects = [
-            TrackedObject(object_id=oid, concept=self.learn_object(oid, mask))
-            for oid, mask in zip(first_mask.object_ids, first_mask.masks, strict=True)
-        ]
+        self.objects = []
+        for oid, mask in zip(first_mask.object_ids, first_mask.masks, strict=True):
+            try:
+                self.objects.append(TrackedObject(object_id=oid, concept=self.learn_object(oid, mask)))
+            except MaskTooSmallError as e:
+                raise MaskTooSmallError(f"{first_mask.source}: object {oid}: {e}") from None
         self._boxes = [mask_box(m) for m in first_mask.masks]
         scores: dict[int, float | None] = {o: 1.0 for o in self.object_ids}
         return FrameResult.from_label_map(

@@ -163,3 +163,43 @@ def test_command_line_defaults_match_the_library():
 
     assert track_objects.FIND_THRESHOLD == find.FIND_THRESHOLD
     assert track_objects.TRACKER_CHOICES == TRACKER_CHOICES
+
+
+def _vanishing_pixel(model, h: int, w: int) -> np.ndarray:
+    """A one-pixel mask that the bilinear resampling onto ``model``'s embedding grid misses."""
+    from persam.personalize.reference import best_covered_cells
+
+    for x in range(w):
+        mask = np.zeros((h, w), bool)
+        mask[0, x] = True
+        if not best_covered_cells(model, mask).any():
+            return mask
+    raise AssertionError("every pixel of the first row reaches the embedding grid")
+
+
+def test_a_found_mask_the_tracker_cannot_learn_from_is_not_found(monkeypatch):
+    """PerSAM can find a mask of scattered pixels that misses every embedding cell: searching
+    goes on instead of the tracker failing on it."""
+    from types import SimpleNamespace
+
+    import persam.pipelines.find as find
+    from persam.errors import MaskTooSmallError
+    from persam.readers import load_first_mask
+    from persam.tracking import PerSAMTracker
+
+    model = persam.build_model("tiny_random_sam", checkpoint="none", device="cpu", dtype="float32")
+    frame = _grey_photo(240, 320)  # 3.2 image pixels per model pixel: some pixels fall between cells
+    model.set_image(frame)
+    speck = _vanishing_pixel(model, 240, 320)
+    square = np.zeros((240, 320), bool)
+    square[60:140, 100:200] = True
+    for mask, expected in ((speck, None), (square, square)):
+        found = SimpleNamespace(found=True, mask=mask)
+        monkeypatch.setattr(find, "segment_concepts", lambda *a, found=found, **k: [found])
+        first = find.find_objects(model, frame, [object()], find_threshold=0.5)
+        assert (first is None) if expected is None else np.array_equal(first.masks[0], expected)
+    # The same mask given as the first frame's mask: an error naming the mask and the object.
+    first = load_first_mask([speck])
+    first.source = "first.png"
+    with pytest.raises(MaskTooSmallError, match=r"^first\.png: object 1: reference mask too small"):
+        PerSAMTracker(model).initialize(frame, first)
