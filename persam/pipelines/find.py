@@ -52,9 +52,9 @@ def find_objects(
     with torch.no_grad():
         results = segment_concepts(model, frame, list(concepts), score_threshold=find_threshold)
     masks = [np.asarray(r.mask, bool) for r in results]
+    # An empty mask covers no cell either.
     usable = [
-        r.found and m.any() and bool(best_covered_cells(model, m).any())
-        for r, m in zip(results, masks, strict=True)
+        r.found and bool(best_covered_cells(model, m).any()) for r, m in zip(results, masks, strict=True)
     ]
     if not all(usable):
         return None
